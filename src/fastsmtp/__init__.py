@@ -1,0 +1,1 @@
+"""fastsmtp: a fast, correct SMTP receiver to embed in Python programs."""
