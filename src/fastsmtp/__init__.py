@@ -1,1 +1,34 @@
-"""fastsmtp: a fast, correct SMTP receiver to embed in Python programs."""
+"""fastsmtp: a fast, correct SMTP receiver to embed in Python programs.
+
+>>> from fastsmtp import smtp_server
+>>> server = smtp_server(port=8025, host="127.0.0.1")
+>>> @server.mail_listener
+... async def on_mail(mail):
+...     print(mail.envelope_from, mail.recipients, mail.email["Subject"])
+"""
+
+from ._version import __version__
+from ._wire import IMPLEMENTATION
+from .context import MessageContext, Session
+from .errors import DropConnection, FastSMTPError, RejectError
+from .events import IncomingFrom, IncomingMail, IncomingMailExchange, IncomingRecipient
+from .replies import Reply
+from .server import DEFAULT_MAX_MESSAGE_SIZE, SMTPServer, smtp_server
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "IMPLEMENTATION",
+    "DropConnection",
+    "FastSMTPError",
+    "IncomingFrom",
+    "IncomingMail",
+    "IncomingMailExchange",
+    "IncomingRecipient",
+    "MessageContext",
+    "RejectError",
+    "Reply",
+    "SMTPServer",
+    "Session",
+    "__version__",
+    "smtp_server",
+]

@@ -1,0 +1,250 @@
+"""Argument grammar of MAIL and RCPT (RFC 5321 §4.1.2) and their ESMTP parameters.
+
+Sans-IO: bytes in, values or a ``CommandError`` out. Hand-written scanning, no regular
+expressions: this runs once per MAIL and per RCPT.
+"""
+
+from __future__ import annotations
+
+from . import replies
+from .errors import CommandError
+
+__all__ = ["MailArguments", "parse_mail", "parse_rcpt"]
+
+# RFC 5322 atext, the characters of a Dot-string atom (RFC 5321 §4.1.2).
+_ATEXT = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+)
+_LET_DIG = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
+
+
+class MailArguments:
+    """What MAIL FROM carried: the reverse-path and the ESMTP parameters that matter."""
+
+    __slots__ = ("address", "size", "body", "smtputf8", "auth")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.size: int | None = None
+        self.body: str | None = None
+        self.smtputf8 = False
+        self.auth: str | None = None
+
+
+def parse_mail(argument: bytes) -> MailArguments:
+    """Parse the argument of MAIL: ``FROM:<path> [parameters]``.
+
+    Raises:
+        CommandError: 501 for bad syntax, 553 for a bad address, 555 for a bad parameter.
+    """
+    path, params = _split_path(argument, b"FROM:", replies.MAIL_SYNTAX)
+    result = MailArguments("")
+    for name, value in params:
+        if name == "SIZE":
+            if value is None or not value.isdigit() or result.size is not None:
+                raise CommandError(replies.BAD_PARAMETER)
+            result.size = int(value)
+        elif name == "BODY":
+            if (
+                value is None
+                or value.upper() not in _BODY_TYPES
+                or result.body is not None
+            ):
+                raise CommandError(replies.BAD_PARAMETER)
+            result.body = value.upper()
+        elif name == "SMTPUTF8":
+            if value is not None:
+                raise CommandError(replies.BAD_PARAMETER)
+            result.smtputf8 = True
+        elif name == "AUTH":
+            # RFC 4954 §5: accepted and passed on; it asserts nothing by itself.
+            if not value:
+                raise CommandError(replies.BAD_PARAMETER)
+            result.auth = value
+        else:
+            raise CommandError(replies.BAD_PARAMETER)
+    if path != b"<>":
+        result.address = _parse_mailbox(path, result.smtputf8, replies.BAD_SENDER)
+    return result
+
+
+def parse_rcpt(argument: bytes, smtputf8: bool) -> str:
+    """Parse the argument of RCPT: ``TO:<path>``; no RCPT parameter is supported.
+
+    Raises:
+        CommandError: 501 for bad syntax, 553 for a bad address, 555 for any parameter.
+    """
+    path, params = _split_path(argument, b"TO:", replies.RCPT_SYNTAX)
+    if params:
+        raise CommandError(replies.BAD_PARAMETER)
+    if path == b"<>":
+        raise CommandError(replies.BAD_RECIPIENT)
+    # RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted.
+    if path[1:-1].lower() == b"postmaster":
+        return "Postmaster"
+    return _parse_mailbox(path, smtputf8, replies.BAD_RECIPIENT)
+
+
+def _split_path(
+    argument: bytes, keyword: bytes, syntax: replies.Reply
+) -> tuple[bytes, list[tuple[str, str | None]]]:
+    """Split ``KEYWORD:<path> params`` into the bracketed path and the parameter list."""
+    if argument[: len(keyword)].upper() != keyword:
+        raise CommandError(syntax)
+    rest = argument[len(keyword) :].lstrip(b" ")
+    if not rest.startswith(b"<"):
+        raise CommandError(syntax)
+    close = _closing_bracket(rest)
+    if close < 0:
+        raise CommandError(syntax)
+    path = rest[: close + 1]
+    tail = rest[close + 1 :]
+    if tail and not tail.startswith(b" "):
+        raise CommandError(syntax)
+
+    params = []
+    for word in tail.split():
+        name, equals, value = word.partition(b"=")
+        if not name or (equals and not value):
+            raise CommandError(replies.BAD_PARAMETER)
+        try:
+            params.append(
+                (
+                    name.decode("ascii").upper(),
+                    value.decode("ascii") if equals else None,
+                )
+            )
+        except UnicodeDecodeError:
+            raise CommandError(replies.BAD_PARAMETER) from None
+    return path, params
+
+
+def _closing_bracket(rest: bytes) -> int:
+    """Return the index of the ``>`` closing the path, skipping quoted strings."""
+    quoted = False
+    index = 1
+    end = len(rest)
+    while index < end:
+        byte = rest[index]
+        if quoted:
+            if byte == 0x5C:  # backslash escapes the next character (quoted-pairSMTP)
+                index += 1
+            elif byte == 0x22:
+                quoted = False
+        elif byte == 0x22:
+            quoted = True
+        elif byte == 0x3E:
+            return index
+        elif byte == 0x3C:
+            return -1
+        index += 1
+    return -1
+
+
+def _parse_mailbox(path: bytes, smtputf8: bool, invalid: replies.Reply) -> str:
+    """Validate ``<[source-route:]local@domain>`` and return ``local@domain``."""
+    mailbox = path[1:-1]
+    if mailbox.startswith(b"@"):
+        # RFC 5321 §4.1.2 / Appendix C: a source route is accepted and ignored.
+        colon = mailbox.find(b":")
+        if colon < 0:
+            raise CommandError(invalid)
+        mailbox = mailbox[colon + 1 :]
+
+    at = mailbox.rfind(b"@")
+    if at <= 0 or at == len(mailbox) - 1:
+        raise CommandError(invalid)
+    local, domain = mailbox[:at], mailbox[at + 1 :]
+
+    if not mailbox.isascii():
+        if not smtputf8:
+            raise CommandError(replies.NON_ASCII_ADDRESS)
+        try:
+            text = mailbox.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CommandError(invalid) from None
+    else:
+        text = mailbox.decode("ascii")
+
+    if not (_valid_local_part(local, smtputf8) and _valid_domain(domain, smtputf8)):
+        raise CommandError(invalid)
+    return text
+
+
+def _valid_local_part(local: bytes, smtputf8: bool) -> bool:
+    if local.startswith(b'"'):
+        return _valid_quoted_string(local, smtputf8)
+    for atom in local.split(b"."):
+        if not atom:
+            return False
+        for byte in atom:
+            if byte not in _ATEXT and not (smtputf8 and byte >= 0x80):
+                return False
+    return True
+
+
+def _valid_quoted_string(text: bytes, smtputf8: bool) -> bool:
+    if len(text) < 2 or not text.endswith(b'"'):
+        return False
+    index = 1
+    end = len(text) - 1
+    while index < end:
+        byte = text[index]
+        if byte == 0x5C:
+            if index + 1 >= end or not 0x20 <= text[index + 1] <= 0x7E:
+                return False
+            index += 2
+            continue
+        if (
+            byte == 0x22
+            or (byte < 0x20 or byte == 0x7F)
+            or (byte >= 0x80 and not smtputf8)
+        ):
+            return False
+        index += 1
+    return True
+
+
+def _valid_domain(domain: bytes, smtputf8: bool) -> bool:
+    if domain.startswith(b"["):
+        return _valid_address_literal(domain)
+    if len(domain) > 255:
+        return False
+    for label in domain.split(b"."):
+        if not label or len(label) > 63 or label[0] == 0x2D or label[-1] == 0x2D:
+            return False
+        for byte in label:
+            if (
+                byte not in _LET_DIG
+                and byte != 0x2D
+                and not (smtputf8 and byte >= 0x80)
+            ):
+                return False
+    return True
+
+
+def _valid_address_literal(literal: bytes) -> bool:
+    """RFC 5321 §4.1.3: ``[IPv4]``, ``[IPv6:...]`` or ``[tag:content]``."""
+    if not literal.endswith(b"]") or len(literal) < 3:
+        return False
+    inner = literal[1:-1]
+    if inner[:5].upper() == b"IPV6:":
+        groups = inner[5:]
+        return (
+            bool(groups)
+            and all(c in _HEX or c in b":." for c in groups)
+            and b":" in groups
+        )
+    if b":" in inner:
+        tag, _, content = inner.partition(b":")
+        return (
+            bool(tag)
+            and bool(content)
+            and all(0x21 <= c <= 0x7E and c not in b"[]\\" for c in content)
+        )
+    parts = inner.split(b".")
+    return len(parts) == 4 and all(
+        p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts
+    )

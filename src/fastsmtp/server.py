@@ -1,0 +1,485 @@
+"""The server object: options set like a builder, listeners, and its life cycle.
+
+``smtp_server(port=...)`` returns an ``SMTPServer``. It serves either from a thread of its own
+(``start()`` / ``stop()``, as SimpleKotlinMail does) or on the caller's event loop
+(``async with server:`` / ``await server.serve_forever()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, Generic, TypeVar, overload
+
+from . import _wire
+from ._protocol import Listener, SMTPProtocol, is_coroutine_listener
+from ._session import MailFrom, MessageReceived, RcptTo, SessionConfig
+from .log import server_log
+
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "SMTPServer", "smtp_server"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Enforced unless set otherwise; RFC 5321 §4.5.3.1.7 asks servers to take at least 64 KiB.
+DEFAULT_MAX_MESSAGE_SIZE = 32 * 1024 * 1024
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _optional_positive_int(name: str, value: object) -> int | None:
+    return None if value is None else _positive_int(name, value)
+
+
+def _port(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{name} must be between 0 and 65535, got {value}")
+    return value
+
+
+def _host(name: str, value: object) -> str | tuple[str, ...] | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Sequence) and value and all(isinstance(h, str) for h in value):
+        return tuple(value)
+    raise TypeError(f"{name} must be a str, a sequence of str or None, got {value!r}")
+
+
+def _hostname(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value or not value.isprintable() or " " in value:
+        raise ValueError(
+            f"{name} must be a non-empty name without spaces, got {value!r}"
+        )
+    return value
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(
+            f"{name} must be seconds or a timedelta, got {type(value).__name__}"
+        )
+    if not seconds > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return seconds
+
+
+class _Option(Generic[T]):
+    """A validated server option that cannot change while the server runs."""
+
+    def __init__(self, validate: Callable[[str, object], T]) -> None:
+        self._validate = validate
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> _Option[T]: ...
+
+    @overload
+    def __get__(self, obj: SMTPServer, objtype: type | None = None) -> T: ...
+
+    def __get__(
+        self, obj: SMTPServer | None, objtype: type | None = None
+    ) -> T | _Option[T]:
+        if obj is None:
+            return self
+        value: T = obj._options[self._name]
+        return value
+
+    def __set__(self, obj: SMTPServer, value: object) -> None:
+        if obj.is_running:
+            raise RuntimeError(
+                f"cannot change {self._name} while the server is running"
+            )
+        obj._options[self._name] = self._validate(self._name, value)
+
+
+class SMTPServer:
+    """An SMTP server, configured like a builder, serving until stopped.
+
+    Options can be passed as keyword arguments or set as attributes before the server
+    starts; invalid values raise ``TypeError`` or ``ValueError`` at once.
+
+    Args:
+        port: TCP port to listen on; 0 picks a free one (read it back from ``port``).
+        host: address or addresses to bind; None binds every interface.
+        hostname: the name the server gives in its greeting and EHLO reply.
+        max_recipients: recipients accepted per message; more get ``452 4.5.3``.
+        max_connections: connections served at once; more get ``421`` and are closed.
+        preferred_max_message_size: advertised with EHLO ``SIZE``; a larger ``SIZE=`` at
+            MAIL FROM gets ``552 5.3.4``. None advertises no size.
+        max_message_size: the largest message kept; past it the content is read to its end
+            and answered with ``552 5.3.4``. None: 32 MiB, or the preferred size if larger.
+        connection_timeout: seconds (or a ``timedelta``) a client may stay silent before
+            ``421 4.4.2`` and a close.
+        shutdown_grace: seconds ``stop()`` lets transactions in flight finish.
+    """
+
+    port = _Option(_port)
+    host = _Option(_host)
+    hostname = _Option(_hostname)
+    max_recipients = _Option(_positive_int)
+    max_connections = _Option(_positive_int)
+    preferred_max_message_size = _Option(_optional_positive_int)
+    max_message_size = _Option(_optional_positive_int)
+    connection_timeout = _Option(_seconds)
+    shutdown_grace = _Option(_seconds)
+
+    def __init__(
+        self,
+        port: int = 25,
+        host: str | Sequence[str] | None = None,
+        *,
+        hostname: str | None = None,
+        max_recipients: int = 1000,
+        max_connections: int = 1000,
+        preferred_max_message_size: int | None = None,
+        max_message_size: int | None = None,
+        connection_timeout: float | timedelta = 60.0,
+        shutdown_grace: float | timedelta = 30.0,
+    ) -> None:
+        self._options: dict[str, Any] = {}
+        self._running = False
+        self.port = port
+        self.host = host
+        self.hostname = hostname if hostname is not None else socket.gethostname()
+        self.max_recipients = max_recipients
+        self.max_connections = max_connections
+        self.preferred_max_message_size = preferred_max_message_size
+        self.max_message_size = max_message_size
+        self.connection_timeout = connection_timeout
+        self.shutdown_grace = shutdown_grace
+
+        self._from_listeners: list[Listener] = []
+        self._recipient_listeners: list[Listener] = []
+        self._mail_listeners: list[Listener] = []
+
+        # The twin of the hot path this server uses; tests set it to run on both.
+        self._wire = _wire.load(_wire.IMPLEMENTATION)
+
+        # Filled in when serving starts.
+        self._config: SessionConfig | None = None
+        self._timeout_seconds = 60.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._connections: set[SMTPProtocol] = set()
+        self._closing = False
+        self._all_closed: asyncio.Event | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._session_ids = itertools.count(1)
+        self._session_prefix = ""
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<SMTPServer {self.hostname} port={self.port} {state}>"
+
+    # Listeners
+
+    def from_listener(self, listener: F) -> F:
+        """Register a listener for MAIL FROM; it gets an ``IncomingFrom``. Usable as decorator."""
+        return self._register(self._from_listeners, listener)
+
+    def recipient_listener(self, listener: F) -> F:
+        """Register a listener for RCPT TO; it gets an ``IncomingRecipient``."""
+        return self._register(self._recipient_listeners, listener)
+
+    def mail_listener(self, listener: F) -> F:
+        """Register a listener for the end of DATA; it gets an ``IncomingMail``."""
+        return self._register(self._mail_listeners, listener)
+
+    def _register(self, listeners: list[Listener], listener: F) -> F:
+        if not callable(listener):
+            raise TypeError(
+                f"a listener must be callable, got {type(listener).__name__}"
+            )
+        if self._running:
+            raise RuntimeError("cannot add a listener while the server is running")
+        listeners.append((listener, is_coroutine_listener(listener)))
+        return listener
+
+    # Life cycle from synchronous code
+
+    @property
+    def is_running(self) -> bool:
+        """True from a successful start until the server has stopped."""
+        return self._running
+
+    def start(self) -> SMTPServer:
+        """Bind now and serve from a background thread; return at once.
+
+        The thread is not a daemon: the process stays alive until ``stop()``.
+
+        Raises:
+            OSError: if the address cannot be bound.
+            RuntimeError: if the server is already running.
+        """
+        if self._running:
+            raise RuntimeError("the server is already running")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        thread = threading.Thread(
+            target=self._thread_main, args=(ready, failure), name="fastsmtp-server"
+        )
+        thread.start()
+        ready.wait()
+        if failure:
+            thread.join()
+            raise failure[0]
+        self._thread = thread
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, let transactions finish within ``shutdown_grace``, close the rest
+        with ``421``, and return when every connection is closed."""
+        loop = self._loop
+        if not self._running or loop is None:
+            return
+        if self._thread is None:
+            if _running_loop() is loop:
+                raise RuntimeError(
+                    "stop() would block the server's own loop; use stop_async()"
+                )
+            asyncio.run_coroutine_threadsafe(self.stop_async(), loop).result()
+            return
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("stop() cannot be called from the server's own thread")
+        assert self._stop_requested is not None
+        loop.call_soon_threadsafe(self._stop_requested.set)
+        self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> SMTPServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _thread_main(
+        self, ready: threading.Event, failure: list[BaseException]
+    ) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve_in_thread(ready, failure))
+        finally:
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    async def _serve_in_thread(
+        self, ready: threading.Event, failure: list[BaseException]
+    ) -> None:
+        try:
+            await self._open()
+        except BaseException as error:
+            failure.append(error)
+            ready.set()
+            return
+        ready.set()
+        await self.serve_forever()
+
+    # Life cycle on the caller's event loop
+
+    async def __aenter__(self) -> SMTPServer:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop_async()
+
+    async def serve_forever(self) -> None:
+        """Serve on the running loop until ``stop()``, ``stop_async()`` or cancellation."""
+        if not self._running:
+            await self._open()
+        assert self._stop_requested is not None
+        try:
+            await self._stop_requested.wait()
+        finally:
+            await self.stop_async()
+
+    async def stop_async(self) -> None:
+        """The awaitable form of ``stop()``, for code running on the server's loop."""
+        if not self._running:
+            return
+        if self._closing:
+            assert self._all_closed is not None
+            await self._all_closed.wait()
+            return
+        await self._shutdown()
+
+    @property
+    def implementation(self) -> str:
+        """Which twin of the hot path this server runs: ``"c"`` or ``"py"``."""
+        return "c" if self._wire.__name__.endswith("_c") else "py"
+
+    # Bound addresses
+
+    @property
+    def addresses(self) -> list[tuple[Any, ...]]:
+        """Every socket address the running server listens on."""
+        return [sock.getsockname() for srv in self._servers for sock in srv.sockets]
+
+    @property
+    def address(self) -> tuple[Any, ...]:
+        """The first address the running server listens on, such as ``("127.0.0.1", 8025)``."""
+        addresses = self.addresses
+        if not addresses:
+            raise RuntimeError("the server is not running")
+        return addresses[0]
+
+    @property
+    def bound_port(self) -> int:
+        """The port the running server listens on (the one picked when ``port`` was 0)."""
+        port: int = self.address[1]
+        return port
+
+    # Internals shared with SMTPProtocol
+
+    async def _open(self) -> None:
+        if self._running:
+            raise RuntimeError("the server is already running")
+        self._config = self._session_config()
+        self._timeout_seconds = self.connection_timeout
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._all_closed = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._session_prefix = secrets.token_hex(2)
+        try:
+            for host in self._hosts():
+                server = await self._loop.create_server(
+                    lambda: SMTPProtocol(self), host=host, port=self.port
+                )
+                self._servers.append(server)
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers = []
+            raise
+        self._running = True
+        if not self._mail_listeners:
+            server_log.warning(
+                "no mail_listener registered: messages are accepted and dropped"
+            )
+        server_log.info(
+            "listening on %s (hot path: %s)",
+            ", ".join(_format_address(a) for a in self.addresses),
+            self.implementation,
+        )
+
+    def _hosts(self) -> Sequence[str | None]:
+        host = self.host
+        return (host,) if host is None or isinstance(host, str) else host
+
+    def _session_config(self) -> SessionConfig:
+        preferred = self.preferred_max_message_size
+        limit = self.max_message_size
+        if limit is None:
+            limit = max(DEFAULT_MAX_MESSAGE_SIZE, preferred or 0)
+        elif preferred is not None and preferred > limit:
+            raise ValueError(
+                f"preferred_max_message_size ({preferred}) exceeds max_message_size ({limit})"
+            )
+        return SessionConfig(
+            hostname=self.hostname,
+            max_recipients=self.max_recipients,
+            max_message_size=limit,
+            preferred_max_message_size=preferred,
+            decide_mail_from=bool(self._from_listeners),
+            decide_rcpt_to=bool(self._recipient_listeners),
+        )
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        assert self._all_closed is not None and self._stop_requested is not None
+        self._stop_requested.set()
+        for server in self._servers:
+            server.close()
+        if not self._connections:
+            self._all_closed.set()
+        for connection in list(self._connections):
+            connection.shutdown(force=False)
+
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), self.shutdown_grace)
+        except TimeoutError:
+            server_log.info(
+                "grace period over: closing %d connection(s)", len(self._connections)
+            )
+            for connection in list(self._connections):
+                connection.shutdown(force=True)
+            await self._all_closed.wait()
+
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers = []
+        self._running = False
+        server_log.info("stopped")
+
+    def _loop_now(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    def _next_session_id(self) -> str:
+        return f"{self._session_prefix}{next(self._session_ids):x}"
+
+    def _admit(self, connection: SMTPProtocol) -> bool:
+        if self._closing or len(self._connections) >= self.max_connections:
+            return False
+        self._connections.add(connection)
+        return True
+
+    def _forget(self, connection: SMTPProtocol) -> None:
+        self._connections.discard(connection)
+        if self._closing and not self._connections and self._all_closed is not None:
+            self._all_closed.set()
+
+    def _listeners_for(
+        self, event: MailFrom | RcptTo | MessageReceived
+    ) -> list[Listener]:
+        if isinstance(event, MessageReceived):
+            return self._mail_listeners
+        if isinstance(event, RcptTo):
+            return self._recipient_listeners
+        return self._from_listeners
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _format_address(address: tuple[Any, ...]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def smtp_server(
+    port: int = 25, host: str | Sequence[str] | None = None, **options: Any
+) -> SMTPServer:
+    """Create an ``SMTPServer``; see its documentation for the options.
+
+    >>> server = smtp_server(port=0, host="127.0.0.1", max_recipients=100)
+    """
+    return SMTPServer(port, host, **options)
