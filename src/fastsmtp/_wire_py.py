@@ -11,8 +11,8 @@ from __future__ import annotations
 
 __all__ = [
     "CTRL",
-    "EIGHT_BIT",
     "DEFAULT_MAX_LINE_LENGTH",
+    "EIGHT_BIT",
     "LineTooLong",
     "WireReader",
     "classify_command",
@@ -38,7 +38,7 @@ _CONTEXT = 2
 _HOLD_BACK = 4
 
 # Horizontal tab is let through: some clients separate parameters with it.
-_CONTROL_BYTES = bytes(range(0x00, 0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+_CONTROL_BYTES = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
 _HIGH_BYTES = bytes(range(0x80, 0x100))
 
 
@@ -84,8 +84,12 @@ class WireReader:
 
         A line ends at LF; one CR before it is removed too. A line that reaches
         ``max_line_length`` octets without ending raises ``LineTooLong`` once, and its
-        remainder is dropped as it arrives instead of being buffered.
+        remainder is dropped as it arrives instead of being buffered. Between
+        ``start_data()`` and the end marker the buffer holds message content, so asking
+        for a line then raises ``RuntimeError``.
         """
+        if self._in_data:
+            raise RuntimeError("next_line() called during DATA")
         buf = self._buf
         while self._discarding:
             lf = buf.find(b"\n")

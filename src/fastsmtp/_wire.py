@@ -1,0 +1,101 @@
+"""Choose the twin of the byte-level hot path, once, at import time.
+
+The compiled twin ``fastsmtp._wire_c`` is used on CPython when it imports; the pure-Python
+twin ``fastsmtp._wire_py`` otherwise, or when ``FASTSMTP_NO_EXTENSIONS`` is set to a true
+value ("1", "true" or "yes", in any case). Type checkers always read the Python twin.
+``IMPLEMENTATION`` tells which one was chosen: ``"c"`` or ``"py"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "CTRL",
+    "DEFAULT_MAX_LINE_LENGTH",
+    "EIGHT_BIT",
+    "IMPLEMENTATION",
+    "NO_EXTENSIONS",
+    "LineTooLong",
+    "WireReader",
+    "classify_command",
+    "load",
+    "split_command",
+]
+
+_TRUE_VALUES = frozenset({"1", "true", "yes"})
+
+#: True when ``FASTSMTP_NO_EXTENSIONS`` asks for the pure-Python twin.
+NO_EXTENSIONS: bool = os.environ.get("FASTSMTP_NO_EXTENSIONS", "").strip().lower() in _TRUE_VALUES
+
+if TYPE_CHECKING:
+    from ._wire_py import (
+        CTRL,
+        DEFAULT_MAX_LINE_LENGTH,
+        EIGHT_BIT,
+        LineTooLong,
+        WireReader,
+        classify_command,
+        split_command,
+    )
+
+    IMPLEMENTATION: str = "py"
+elif NO_EXTENSIONS or sys.implementation.name != "cpython":
+    from ._wire_py import (
+        CTRL,
+        DEFAULT_MAX_LINE_LENGTH,
+        EIGHT_BIT,
+        LineTooLong,
+        WireReader,
+        classify_command,
+        split_command,
+    )
+
+    IMPLEMENTATION = "py"
+else:
+    try:
+        from ._wire_c import (
+            CTRL,
+            DEFAULT_MAX_LINE_LENGTH,
+            EIGHT_BIT,
+            LineTooLong,
+            WireReader,
+            classify_command,
+            split_command,
+        )
+
+        IMPLEMENTATION = "c"
+    except ImportError:
+        # Installed without a compiler: the pure twin gives the same results, only slower.
+        # tests/test_wire_loaded.py fails in that case unless the flag says it is deliberate.
+        from ._wire_py import (
+            CTRL,
+            DEFAULT_MAX_LINE_LENGTH,
+            EIGHT_BIT,
+            LineTooLong,
+            WireReader,
+            classify_command,
+            split_command,
+        )
+
+        IMPLEMENTATION = "py"
+
+
+def load(name: str) -> ModuleType:
+    """Return one twin by name, whatever this module chose: ``"c"`` or ``"py"``.
+
+    Tests and benchmarks use it to run the same checks on both twins.
+
+    Raises:
+        ImportError: ``"c"`` was asked for and the compiled twin is not installed.
+        ValueError: ``name`` is neither ``"c"`` nor ``"py"``.
+    """
+    if name == "py":
+        return importlib.import_module("fastsmtp._wire_py")
+    if name == "c":
+        return importlib.import_module("fastsmtp._wire_c")
+    raise ValueError(f"wire implementation must be 'c' or 'py', got {name!r}")
