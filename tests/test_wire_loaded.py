@@ -1,0 +1,84 @@
+"""Guard against a silent fallback: a broken build must not quietly test Python twice.
+
+On CPython, unless ``FASTSMTP_NO_EXTENSIONS`` says a pure run is deliberate, the selector
+must have picked the compiled twin. The two twins must also promise the same interface.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastsmtp import _wire
+
+CPYTHON = sys.implementation.name == "cpython"
+
+
+@pytest.mark.skipif(_wire.NO_EXTENSIONS, reason="FASTSMTP_NO_EXTENSIONS is set: pure run")
+@pytest.mark.skipif(not CPYTHON, reason="the compiled twin is built for CPython only")
+def test_compiled_twin_is_the_one_in_use():
+    assert _wire.IMPLEMENTATION == "c", (
+        "fastsmtp._wire fell back to the pure-Python twin: the extension did not build or "
+        "import; reinstall with a C compiler, or set FASTSMTP_NO_EXTENSIONS=1 for a pure run"
+    )
+    assert _wire.WireReader is _wire.load("c").WireReader
+
+
+@pytest.mark.skipif(not _wire.NO_EXTENSIONS, reason="FASTSMTP_NO_EXTENSIONS is not set")
+def test_flag_selects_the_python_twin():
+    assert _wire.IMPLEMENTATION == "py"
+    assert _wire.WireReader is _wire.load("py").WireReader
+
+
+def _chosen_with(value: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "FASTSMTP_NO_EXTENSIONS"}
+    if value is not None:
+        env["FASTSMTP_NO_EXTENSIONS"] = value
+    code = "from fastsmtp import _wire; print(_wire.IMPLEMENTATION)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("value", "pure"),
+    [("1", True), ("true", True), ("YES", True), (None, False), ("", False), ("0", False)],
+)
+def test_flag_values(value, pure):
+    compiled_available = CPYTHON and importlib.util.find_spec("fastsmtp._wire_c") is not None
+    expected = "py" if pure or not compiled_available else "c"
+    assert _chosen_with(value) == expected
+
+
+def test_load_by_name():
+    assert _wire.load("py").__name__ == "fastsmtp._wire_py"
+    with pytest.raises(ValueError, match="'c' or 'py'"):
+        _wire.load("rust")
+
+
+def _public(obj: object) -> set[str]:
+    return {name for name in dir(obj) if not name.startswith("_")}
+
+
+def test_twins_promise_the_same_interface(wire):
+    py = _wire.load("py")
+    assert sorted(wire.__all__) == sorted(py.__all__)
+    assert all(hasattr(wire, name) for name in py.__all__)
+    assert _public(wire.WireReader()) == _public(py.WireReader())
+
+    # Same parameter names, kinds and defaults (the compiled twin carries no annotations).
+    def shape(func):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
+
+    for name in ("split_command", "classify_command"):
+        assert shape(getattr(wire, name)) == shape(getattr(py, name))
+    for name in _public(py.WireReader):
+        member = getattr(py.WireReader, name)
+        if callable(member):
+            assert shape(getattr(wire.WireReader, name)) == shape(member), name
