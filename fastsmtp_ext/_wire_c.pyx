@@ -16,7 +16,7 @@ from cpython.bytes cimport (
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memchr, memcpy, memmove
 
@@ -482,12 +482,10 @@ cdef class WireReader:
         if extra > PY_SSIZE_T_MAX // 2 - self._body_len:
             raise MemoryError()
         cap = max(self._body_cap * 2, self._body_len + extra, <Py_ssize_t>_MIN_CAPACITY)
-        fresh = <unsigned char*>PyMem_Malloc(<size_t>cap)
+        # realloc, not malloc and copy: large blocks then grow by remapping pages in place.
+        fresh = <unsigned char*>PyMem_Realloc(self._body, <size_t>cap)
         if fresh == NULL:
             raise MemoryError()
-        if self._body_len:
-            memcpy(fresh, self._body, <size_t>self._body_len)
-        PyMem_Free(self._body)
         self._body = fresh
         self._body_cap = cap
         return 0
