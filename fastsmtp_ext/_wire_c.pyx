@@ -115,7 +115,7 @@ cdef void _scan_data(
     that follows CRLF dropped (RFC 5321 §4.5.2). Without a marker, the content ends at
     ``n - _HOLD_BACK``; ``res.cut <= _CONTEXT`` then means nothing can be accounted yet.
     """
-    # An LF up to here can still begin the last 4 octets of a complete marker.
+    # An LF up to here has the 3 octets after it that tell a marker from a stuffed dot.
     cdef Py_ssize_t last = n - _HOLD_BACK
     cdef Py_ssize_t cut = n - _HOLD_BACK
     cdef Py_ssize_t pos = 1  # the context LF counts: a dot right after it is stuffed
