@@ -15,3 +15,165 @@ def wire(request: pytest.FixtureRequest) -> ModuleType:
     if request.param == "c" and _wire.NO_EXTENSIONS:
         pytest.skip("FASTSMTP_NO_EXTENSIONS is set: the compiled twin is not expected")
     return _wire.load(request.param)
+
+
+# The fastsmtp command as a subprocess, for tests/test_cli.py and tests/test_corpus.py.
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+# The command's own startup line, not the server's INFO line (which -q silences).
+_CLI_STARTUP = re.compile(
+    r"^fastsmtp \S+ listening on (?P<address>\S+?):(?P<port>\d+)[,\s]"
+    r".*\(hot path: (?P<twin>\w+)\)"
+)
+
+
+class CLIProcess:
+    """One ``python -m fastsmtp`` subprocess, its standard error collected line by line.
+
+    ``twin`` "c" or "py" sets or clears ``FASTSMTP_NO_EXTENSIONS`` in its environment and is
+    checked against the startup line; None leaves the environment as it is.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        twin: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        capture_stdout: bool = False,
+    ) -> None:
+        env = dict(os.environ)
+        if twin == "py":
+            env["FASTSMTP_NO_EXTENSIONS"] = "1"
+        elif twin == "c":
+            env.pop("FASTSMTP_NO_EXTENSIONS", None)
+        self.twin = twin
+        self.args = list(args)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fastsmtp", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+        )
+        self.lines: list[str] = []
+        self.stdout = bytearray()
+        self.port = 0
+        self._changed = threading.Condition()
+        self._stderr_done = False
+        self._readers = [threading.Thread(target=self._read_stderr, daemon=True)]
+        if capture_stdout:
+            self._readers.append(threading.Thread(target=self._read_stdout, daemon=True))
+        for reader in self._readers:
+            reader.start()
+
+    def __repr__(self) -> str:
+        return f"<CLIProcess pid={self.process.pid} {self.args!r}>"
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            with self._changed:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._stderr_done = True
+            self._changed.notify_all()
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        while chunk := self.process.stdout.read1(65536):
+            self.stdout += chunk
+
+    def wait_for_line(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """Return the first stderr line matching ``pattern``, waiting for it if need be."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    found = re.search(pattern, line)
+                    if found is not None:
+                        return found
+                remaining = deadline - time.monotonic()
+                if self._stderr_done or remaining <= 0:
+                    raise AssertionError(
+                        f"no stderr line matches {pattern!r}; the command said:\n"
+                        + "\n".join(self.lines)
+                    )
+                self._changed.wait(remaining)
+
+    def started(self) -> CLIProcess:
+        """Wait for the startup line, read the port from it and check the twin it names."""
+        found = self.wait_for_line(_CLI_STARTUP.pattern)
+        self.port = int(found["port"])
+        if self.twin is not None:
+            assert found["twin"] == self.twin, f"asked for the {self.twin} twin: {found[0]}"
+        return self
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the command."""
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the command to exit and for its output to be read; return its status."""
+        status = self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return status
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Stop the command with SIGTERM (or terminate() where there are no signals)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.wait(timeout)
+
+    def log_text(self) -> str:
+        """Everything the command wrote to stderr so far."""
+        with self._changed:
+            return "\n".join(self.lines)
+
+
+class CLILauncher:
+    """Start ``CLIProcess`` instances and kill any still running at teardown."""
+
+    def __init__(self) -> None:
+        self.processes: list[CLIProcess] = []
+
+    def start(self, *args: str, twin: str | None = None, **options: Any) -> CLIProcess:
+        """Start the command with ``args`` and wait until it listens."""
+        process = CLIProcess(args, twin, **options)
+        self.processes.append(process)
+        return process.started()
+
+    def close(self) -> None:
+        """Kill what is still running."""
+        for process in self.processes:
+            if process.process.poll() is None:
+                process.process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def cli_launcher() -> Iterator[CLILauncher]:
+    """Start fastsmtp commands for one test module; kill leftovers at its end."""
+    launcher = CLILauncher()
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture(scope="module", params=["c", "py"])
+def cli_twin(request: pytest.FixtureRequest) -> str:
+    """Name one twin for a command subprocess; module-scoped so a server serves many tests."""
+    if request.param == "c" and _wire.NO_EXTENSIONS:
+        pytest.skip("FASTSMTP_NO_EXTENSIONS is set: the compiled twin is not expected")
+    _wire.load(request.param)  # a missing compiled twin is an error, as for `wire`
+    twin: str = request.param
+    return twin
