@@ -299,11 +299,17 @@ class _SignalStop:
         sys.stdout.flush()
         os._exit(128 + signum)
 
+    async def finished(self) -> None:
+        # serve_forever() may return while the stop a signal started is still finishing
+        # (concurrent stop_async() calls return early): let it end before the loop does.
+        if self._stopping is not None:
+            await self._stopping
+
 
 async def _serve(server: SMTPServer, sink: MessageSink) -> None:
     async with server:
-        loop = asyncio.get_running_loop()
-        _SignalStop(server).install(loop)
+        stopper = _SignalStop(server)
+        stopper.install(asyncio.get_running_loop())
         addresses = ", ".join(_format_address(address) for address in server.addresses)
         print(
             f"fastsmtp {__version__} listening on {addresses}, "
@@ -313,6 +319,7 @@ async def _serve(server: SMTPServer, sink: MessageSink) -> None:
             flush=True,
         )
         await server.serve_forever()
+        await stopper.finished()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
