@@ -11,7 +11,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import replies
 from ._session import CLOSE, MailFrom, MessageReceived, RcptTo, SessionCore
@@ -48,14 +48,13 @@ class SMTPProtocol(asyncio.Protocol):
 
     def __repr__(self) -> str:
         core = self._core
-        return (
-            f"<SMTPProtocol {core.session!r}>" if core is not None else "<SMTPProtocol>"
-        )
+        return f"<SMTPProtocol {core.session!r}>" if core is not None else "<SMTPProtocol>"
 
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         server = self._server
         session = Session(
@@ -186,9 +185,7 @@ class SMTPProtocol(asyncio.Protocol):
             )
             core.reject(replies.LOCAL_ERROR)
         else:
-            text = (
-                exchange.response_text if isinstance(exchange, IncomingMail) else None
-            )
+            text = exchange.response_text if isinstance(exchange, IncomingMail) else None
             core.accept(text)
         finally:
             self._task = None
@@ -212,9 +209,7 @@ class SMTPProtocol(asyncio.Protocol):
             )
         if isinstance(event, RcptTo):
             current = (*core.recipients, event.address)
-            return IncomingRecipient(
-                context, core.envelope_from or "", event.address, current
-            )
+            return IncomingRecipient(context, core.envelope_from or "", event.address, current)
         return IncomingFrom(context, event.address)
 
     # Time, flow control, closing

@@ -21,7 +21,7 @@ from ._protocol import Listener, SMTPProtocol, is_coroutine_listener
 from ._session import MailFrom, MessageReceived, RcptTo, SessionConfig
 from .log import server_log
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "SMTPServer", "smtp_server"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "SMTPServer", "new_event_loop", "smtp_server"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,10 +62,36 @@ def _hostname(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
     if not value or not value.isprintable() or " " in value:
-        raise ValueError(
-            f"{name} must be a non-empty name without spaces, got {value!r}"
-        )
+        raise ValueError(f"{name} must be a non-empty name without spaces, got {value!r}")
     return value
+
+
+_EVENT_LOOPS = ("asyncio", "uvloop", "auto")
+
+
+def _event_loop(name: str, value: object) -> str:
+    if value not in _EVENT_LOOPS:
+        raise ValueError(f"{name} must be one of {', '.join(_EVENT_LOOPS)}, got {value!r}")
+    assert isinstance(value, str)
+    return value
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """Create an event loop of ``kind``: "asyncio", "uvloop", or "auto" (uvloop if installed).
+
+    Raises:
+        ImportError: for "uvloop" when uvloop is not installed.
+    """
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
 
 
 def _seconds(name: str, value: object) -> float:
@@ -74,9 +100,7 @@ def _seconds(name: str, value: object) -> float:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        raise TypeError(
-            f"{name} must be seconds or a timedelta, got {type(value).__name__}"
-        )
+        raise TypeError(f"{name} must be seconds or a timedelta, got {type(value).__name__}")
     if not seconds > 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
     return seconds
@@ -98,9 +122,7 @@ class _Option(Generic[T]):
     @overload
     def __get__(self, obj: SMTPServer, objtype: type | None = None) -> T: ...
 
-    def __get__(
-        self, obj: SMTPServer | None, objtype: type | None = None
-    ) -> T | _Option[T]:
+    def __get__(self, obj: SMTPServer | None, objtype: type | None = None) -> T | _Option[T]:
         if obj is None:
             return self
         value: T = obj._options[self._name]
@@ -108,9 +130,7 @@ class _Option(Generic[T]):
 
     def __set__(self, obj: SMTPServer, value: object) -> None:
         if obj.is_running:
-            raise RuntimeError(
-                f"cannot change {self._name} while the server is running"
-            )
+            raise RuntimeError(f"cannot change {self._name} while the server is running")
         obj._options[self._name] = self._validate(self._name, value)
 
 
@@ -133,6 +153,8 @@ class SMTPServer:
         connection_timeout: seconds (or a ``timedelta``) a client may stay silent before
             ``421 4.4.2`` and a close.
         shutdown_grace: seconds ``stop()`` lets transactions in flight finish.
+        event_loop: the loop ``start()`` runs in its thread: "asyncio", "uvloop", or "auto"
+            (uvloop when installed). The asynchronous forms use the caller's loop.
     """
 
     port = _Option(_port)
@@ -144,6 +166,7 @@ class SMTPServer:
     max_message_size = _Option(_optional_positive_int)
     connection_timeout = _Option(_seconds)
     shutdown_grace = _Option(_seconds)
+    event_loop = _Option(_event_loop)
 
     def __init__(
         self,
@@ -157,6 +180,7 @@ class SMTPServer:
         max_message_size: int | None = None,
         connection_timeout: float | timedelta = 60.0,
         shutdown_grace: float | timedelta = 30.0,
+        event_loop: str = "asyncio",
     ) -> None:
         self._options: dict[str, Any] = {}
         self._running = False
@@ -169,6 +193,7 @@ class SMTPServer:
         self.max_message_size = max_message_size
         self.connection_timeout = connection_timeout
         self.shutdown_grace = shutdown_grace
+        self.event_loop = event_loop
 
         self._from_listeners: list[Listener] = []
         self._recipient_listeners: list[Listener] = []
@@ -185,6 +210,7 @@ class SMTPServer:
         self._connections: set[SMTPProtocol] = set()
         self._closing = False
         self._all_closed: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
         self._stop_requested: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._session_ids = itertools.count(1)
@@ -210,9 +236,7 @@ class SMTPServer:
 
     def _register(self, listeners: list[Listener], listener: F) -> F:
         if not callable(listener):
-            raise TypeError(
-                f"a listener must be callable, got {type(listener).__name__}"
-            )
+            raise TypeError(f"a listener must be callable, got {type(listener).__name__}")
         if self._running:
             raise RuntimeError("cannot add a listener while the server is running")
         listeners.append((listener, is_coroutine_listener(listener)))
@@ -257,9 +281,7 @@ class SMTPServer:
             return
         if self._thread is None:
             if _running_loop() is loop:
-                raise RuntimeError(
-                    "stop() would block the server's own loop; use stop_async()"
-                )
+                raise RuntimeError("stop() would block the server's own loop; use stop_async()")
             asyncio.run_coroutine_threadsafe(self.stop_async(), loop).result()
             return
         if threading.current_thread() is self._thread:
@@ -275,19 +297,20 @@ class SMTPServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _thread_main(
-        self, ready: threading.Event, failure: list[BaseException]
-    ) -> None:
-        loop = asyncio.new_event_loop()
+    def _thread_main(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        try:
+            loop = new_event_loop(self.event_loop)
+        except BaseException as error:
+            failure.append(error)
+            ready.set()
+            return
         try:
             loop.run_until_complete(self._serve_in_thread(ready, failure))
         finally:
             loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
-    async def _serve_in_thread(
-        self, ready: threading.Event, failure: list[BaseException]
-    ) -> None:
+    async def _serve_in_thread(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
             await self._open()
         except BaseException as error:
@@ -321,8 +344,8 @@ class SMTPServer:
         if not self._running:
             return
         if self._closing:
-            assert self._all_closed is not None
-            await self._all_closed.wait()
+            assert self._stopped is not None
+            await self._stopped.wait()
             return
         await self._shutdown()
 
@@ -362,14 +385,16 @@ class SMTPServer:
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self._all_closed = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._session_prefix = secrets.token_hex(2)
         try:
+            port = self.port
             for host in self._hosts():
-                server = await self._loop.create_server(
-                    lambda: SMTPProtocol(self), host=host, port=self.port
-                )
+                server = await self._bind(host, port)
                 self._servers.append(server)
+                # With port 0, every address shares the port the first bind picked.
+                port = server.sockets[0].getsockname()[1]
         except BaseException:
             for server in self._servers:
                 server.close()
@@ -377,14 +402,25 @@ class SMTPServer:
             raise
         self._running = True
         if not self._mail_listeners:
-            server_log.warning(
-                "no mail_listener registered: messages are accepted and dropped"
-            )
+            server_log.warning("no mail_listener registered: messages are accepted and dropped")
         server_log.info(
-            "listening on %s (hot path: %s)",
+            "listening on %s (hot path: %s, loop: %s)",
             ", ".join(_format_address(a) for a in self.addresses),
             self.implementation,
+            type(self._loop).__module__.split(".")[0],
         )
+
+    async def _bind(self, host: str | None, port: int) -> asyncio.AbstractServer:
+        assert self._loop is not None
+        server = await self._loop.create_server(lambda: SMTPProtocol(self), host=host, port=port)
+        ports = {sock.getsockname()[1] for sock in server.sockets}
+        if port == 0 and len(ports) > 1:
+            # Every interface got its own free port: bind them all again to the first one.
+            first = server.sockets[0].getsockname()[1]
+            server.close()
+            await server.wait_closed()
+            return await self._bind(host, first)
+        return server
 
     def _hosts(self) -> Sequence[str | None]:
         host = self.host
@@ -422,9 +458,7 @@ class SMTPServer:
         try:
             await asyncio.wait_for(self._all_closed.wait(), self.shutdown_grace)
         except TimeoutError:
-            server_log.info(
-                "grace period over: closing %d connection(s)", len(self._connections)
-            )
+            server_log.info("grace period over: closing %d connection(s)", len(self._connections))
             for connection in list(self._connections):
                 connection.shutdown(force=True)
             await self._all_closed.wait()
@@ -433,6 +467,8 @@ class SMTPServer:
             await server.wait_closed()
         self._servers = []
         self._running = False
+        assert self._stopped is not None
+        self._stopped.set()
         server_log.info("stopped")
 
     def _loop_now(self) -> asyncio.AbstractEventLoop:
@@ -453,9 +489,7 @@ class SMTPServer:
         if self._closing and not self._connections and self._all_closed is not None:
             self._all_closed.set()
 
-    def _listeners_for(
-        self, event: MailFrom | RcptTo | MessageReceived
-    ) -> list[Listener]:
+    def _listeners_for(self, event: MailFrom | RcptTo | MessageReceived) -> list[Listener]:
         if isinstance(event, MessageReceived):
             return self._mail_listeners
         if isinstance(event, RcptTo):
