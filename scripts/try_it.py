@@ -40,7 +40,7 @@ def main() -> int:
         assert server.stderr is not None
         startup = server.stderr.readline()
         print(startup.strip())
-        found = re.search(r"listening on \S+:(\d+)", startup)
+        found = re.search(r"listening on \S+:(\d+)", startup)  # the log or startup line
         if found is None:
             print("fastsmtp did not start", file=sys.stderr)
             return 1
@@ -58,7 +58,8 @@ def main() -> int:
         print(f"sent {len(sent)} real messages from {CORPUS} with smtplib")
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        # Read the rest of its log (one line per message) so the pipe never fills up.
+        server.communicate(timeout=30)
 
     box = mailbox.Maildir(args.maildir)
     stored = [box.get_bytes(key) for key in set(box.keys()) - before]

@@ -17,6 +17,112 @@ def wire(request: pytest.FixtureRequest) -> ModuleType:
     return _wire.load(request.param)
 
 
+# Servers on real sockets: tests/test_server.py and tests/test_listeners.py.
+
+import smtplib
+import socket
+from collections.abc import Callable
+
+from fastsmtp import SMTPServer, smtp_server
+
+HOSTNAME = "mx.test"  # the hostname every test server gives in its greeting
+CLIENT_TIMEOUT = 5.0  # seconds any test client waits for the server before failing
+
+
+class RawClient:
+    """A bare-socket SMTP client: it sends bytes as given and reads replies byte-exact."""
+
+    def __init__(self, port: int, timeout: float = CLIENT_TIMEOUT) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self._buffer = b""
+        self.greeting = b""
+
+    def send(self, data: bytes) -> None:
+        """Send raw bytes, line endings included."""
+        self.sock.sendall(data)
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed; unread: {self._buffer!r}")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\r\n")
+        return line + b"\r\n"
+
+    def reply(self) -> bytes:
+        """Read one whole reply, all lines of a multi-line one, with their CRLFs."""
+        lines = [self._line()]
+        while lines[-1][3:4] == b"-":
+            lines.append(self._line())
+        return b"".join(lines)
+
+    def command(self, line: bytes) -> bytes:
+        """Send one command line (CRLF added) and return its reply."""
+        self.send(line + b"\r\n")
+        return self.reply()
+
+    def read_to_end(self) -> bytes:
+        """Read everything until the server closes the connection."""
+        data, self._buffer = self._buffer, b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        """Close the socket; safe to call twice."""
+        self.sock.close()
+
+
+@pytest.fixture
+def make_server(wire: ModuleType) -> Iterator[Callable[..., SMTPServer]]:
+    """Build servers on 127.0.0.1, port 0, on the twin under test; stop running ones after."""
+    servers: list[SMTPServer] = []
+
+    def build(**options: Any) -> SMTPServer:
+        options.setdefault("hostname", HOSTNAME)
+        server = smtp_server(port=0, host="127.0.0.1", **options)
+        server._wire = wire
+        servers.append(server)
+        return server
+
+    yield build
+    for server in servers:
+        if server.is_running:
+            server.stop()
+
+
+@pytest.fixture
+def raw_client() -> Iterator[Callable[[SMTPServer], RawClient]]:
+    """Connect bare-socket clients to a running server (greeting read); close them after."""
+    clients: list[RawClient] = []
+
+    def connect(server: SMTPServer) -> RawClient:
+        client = RawClient(server.bound_port)
+        clients.append(client)
+        client.greeting = client.reply()
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def smtp_client() -> Iterator[Callable[[SMTPServer], smtplib.SMTP]]:
+    """Connect ``smtplib`` clients to a running server; close them after."""
+    clients: list[smtplib.SMTP] = []
+
+    def connect(server: SMTPServer) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", server.bound_port, timeout=CLIENT_TIMEOUT)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()
+
+
 # The fastsmtp command as a subprocess, for tests/test_cli.py and tests/test_corpus.py.
 
 import os
