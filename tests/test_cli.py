@@ -410,11 +410,6 @@ def test_second_signal_exits_at_once(cli_launcher: CLILauncher, tmp_path: Path) 
     busy.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py: a second, concurrent stop_async() returns as soon as the connections "
-    "are closed, before the first has finished stopping (is_running is still True)",
-)
 def test_concurrent_stop_async_returns_once_stopped() -> None:
     # The command stops on a signal with stop_async() while serve_forever() calls it too.
     async def scenario() -> bool:

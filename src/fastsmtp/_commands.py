@@ -47,11 +47,7 @@ def parse_mail(argument: bytes) -> MailArguments:
                 raise CommandError(replies.BAD_PARAMETER)
             result.size = int(value)
         elif name == "BODY":
-            if (
-                value is None
-                or value.upper() not in _BODY_TYPES
-                or result.body is not None
-            ):
+            if value is None or value.upper() not in _BODY_TYPES or result.body is not None:
                 raise CommandError(replies.BAD_PARAMETER)
             result.body = value.upper()
         elif name == "SMTPUTF8":
@@ -197,11 +193,7 @@ def _valid_quoted_string(text: bytes, smtputf8: bool) -> bool:
                 return False
             index += 2
             continue
-        if (
-            byte == 0x22
-            or (byte < 0x20 or byte == 0x7F)
-            or (byte >= 0x80 and not smtputf8)
-        ):
+        if byte == 0x22 or (byte < 0x20 or byte == 0x7F) or (byte >= 0x80 and not smtputf8):
             return False
         index += 1
     return True
@@ -216,11 +208,7 @@ def _valid_domain(domain: bytes, smtputf8: bool) -> bool:
         if not label or len(label) > 63 or label[0] == 0x2D or label[-1] == 0x2D:
             return False
         for byte in label:
-            if (
-                byte not in _LET_DIG
-                and byte != 0x2D
-                and not (smtputf8 and byte >= 0x80)
-            ):
+            if byte not in _LET_DIG and byte != 0x2D and not (smtputf8 and byte >= 0x80):
                 return False
     return True
 
@@ -232,11 +220,7 @@ def _valid_address_literal(literal: bytes) -> bool:
     inner = literal[1:-1]
     if inner[:5].upper() == b"IPV6:":
         groups = inner[5:]
-        return (
-            bool(groups)
-            and all(c in _HEX or c in b":." for c in groups)
-            and b":" in groups
-        )
+        return bool(groups) and all(c in _HEX or c in b":." for c in groups) and b":" in groups
     if b":" in inner:
         tag, _, content = inner.partition(b":")
         return (
@@ -245,6 +229,4 @@ def _valid_address_literal(literal: bytes) -> bool:
             and all(0x21 <= c <= 0x7E and c not in b"[]\\" for c in content)
         )
     parts = inner.split(b".")
-    return len(parts) == 4 and all(
-        p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts
-    )
+    return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)

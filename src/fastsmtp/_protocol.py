@@ -66,10 +66,9 @@ class SMTPProtocol(asyncio.Protocol):
 
         # Refuse before any work when over the limit; the others keep being served.
         if not server._admit(self):
-            session_log.info(
-                "%s refused %r: too many connections", session.session_id, session.peer
-            )
-            transport.write(replies.TOO_MANY_CONNECTIONS.wire)
+            reply = replies.SHUTTING_DOWN if server._closing else replies.TOO_MANY_CONNECTIONS
+            session_log.info("%s refused %r: %s", session.session_id, session.peer, reply.text)
+            transport.write(reply.wire)
             transport.close()
             return
 
@@ -131,6 +130,15 @@ class SMTPProtocol(asyncio.Protocol):
 
     def _advance(self) -> None:
         """Step the session until it needs input, a listener's decision, or closes."""
+        try:
+            self._step_session()
+        except Exception:
+            # A bug of ours must cost one connection, never the server.
+            assert self._core is not None
+            session_log.exception("%s internal error", self._core.session.session_id)
+            self._close(replies.LOCAL_ERROR_CLOSING, "internal error")
+
+    def _step_session(self) -> None:
         core = self._core
         transport = self._transport
         assert core is not None and transport is not None
@@ -140,11 +148,9 @@ class SMTPProtocol(asyncio.Protocol):
             if out:
                 transport.write(out)
             if event is None:
-                if self._server._closing and core.is_idle:
-                    self._close(replies.SHUTTING_DOWN, "server shutting down")
                 return
             if event is CLOSE:
-                self._close(None, self._close_reason_for_close())
+                self._close(None, core.close_reason)
                 return
             listeners = self._server._listeners_for(event)
             if not listeners:
@@ -170,7 +176,6 @@ class SMTPProtocol(asyncio.Protocol):
                     if inspect.isawaitable(result):
                         await result
         except DropConnection as drop:
-            self._close_reason = "dropped by a listener"
             core.reject(drop.reply, close=True)
         except RejectError as rejection:
             core.reject(rejection.reply)
@@ -234,11 +239,6 @@ class SMTPProtocol(asyncio.Protocol):
             self._reading_paused = False
             self._transport.resume_reading()
 
-    def _close_reason_for_close(self) -> str:
-        if self._close_reason == "client closed the connection":
-            return "QUIT"
-        return self._close_reason
-
     def _close(self, reply: replies.Reply | None, reason: str) -> None:
         """Send ``reply`` (if any), then close once the output is flushed."""
         transport = self._transport
@@ -246,7 +246,7 @@ class SMTPProtocol(asyncio.Protocol):
             return
         self._close_reason = reason
         if self._core is not None:
-            self._core.close()
+            self._core.close(reason=reason)
         if reply is not None:
             transport.write(reply.wire)
         transport.close()
@@ -260,8 +260,10 @@ class SMTPProtocol(asyncio.Protocol):
             if self._task is not None:
                 self._task.cancel()
             self._close(replies.SHUTTING_DOWN, "server shutting down")
-        elif self._task is None and core.is_idle:
-            self._close(replies.SHUTTING_DOWN, "server shutting down")
+            return
+        core.stop_when_idle()
+        if self._task is None:
+            self._advance()
 
     def _log_refusal(self, verb: bytes, reply: replies.Reply) -> None:
         # Only the verb and the codes: arguments may hold credentials or personal data.

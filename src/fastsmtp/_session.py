@@ -124,9 +124,7 @@ Event = MailFrom | RcptTo | MessageReceived | _Close
 class SessionCore:
     """One connection's SMTP dialogue, independent of any transport."""
 
-    def __init__(
-        self, config: SessionConfig, wire: ModuleType, session: Session
-    ) -> None:
+    def __init__(self, config: SessionConfig, wire: ModuleType, session: Session) -> None:
         self.config = config
         self.session = session
         self.state = SessionState.GREETED
@@ -134,6 +132,8 @@ class SessionCore:
         self.mail_arguments: MailArguments | None = None
         self.recipients: list[str] = []
         self.pending: MailFrom | RcptTo | MessageReceived | None = None
+        self.close_reason = ""
+        self._stop_when_idle = False
 
         self._wire = wire
         self._reader = wire.WireReader(config.max_line_length)
@@ -183,6 +183,9 @@ class SessionCore:
         reader = self._reader
         while True:
             if self.state is SessionState.CLOSED:
+                return CLOSE
+            if self._stop_when_idle and self.state < SessionState.MAIL:
+                self.close(replies.SHUTTING_DOWN, "server shutting down")
                 return CLOSE
 
             if self.state is SessionState.DATA:
@@ -249,23 +252,24 @@ class SessionCore:
             self._verb = b"MAIL" if isinstance(event, MailFrom) else b"RCPT"
         self._refuse(reply)
         if close:
-            self.close()
+            self.close(reason="dropped by a listener")
 
-    def close(self, reply: Reply | None = None) -> None:
+    def close(self, reply: Reply | None = None, reason: str = "closed by the server") -> None:
         """Stop the dialogue: ``reply`` (if any) is the last output, nothing more is read."""
+        if self.state is SessionState.CLOSED:
+            return
         if reply is not None:
             self._out.append(reply.wire)
         self.state = SessionState.CLOSED
         self.pending = None
+        self.close_reason = reason
 
-    @property
-    def is_idle(self) -> bool:
-        """True when no transaction is open and no decision or input is pending."""
-        return (
-            self.pending is None
-            and self.state < SessionState.MAIL
-            and self._reader.buffered() == 0
-        )
+    def stop_when_idle(self) -> None:
+        """Close with ``421`` at the next point where no transaction is open.
+
+        A transaction in progress may finish; a command after it gets the 421 instead.
+        """
+        self._stop_when_idle = True
 
     # Command dispatch
 
@@ -320,10 +324,7 @@ class SessionCore:
         if self.state.in_transaction:
             return self._refuse(replies.SENDER_ALREADY_SPECIFIED)
         arguments = parse_mail(argument)
-        if (
-            arguments.size is not None
-            and arguments.size > self.config.declared_size_limit
-        ):
+        if arguments.size is not None and arguments.size > self.config.declared_size_limit:
             return self._refuse(replies.SIZE_EXCEEDED)
         if self.config.decide_mail_from:
             self.pending = MailFrom(arguments)
@@ -384,7 +385,7 @@ class SessionCore:
     def _on_quit(self, argument: bytes) -> None:
         if argument:
             return self._refuse(replies.NO_ARGUMENTS)
-        self.close(replies.CLOSING)
+        self.close(replies.CLOSING, "QUIT")
         return None
 
     def _on_vrfy(self, argument: bytes) -> None:
@@ -409,8 +410,5 @@ class SessionCore:
         self.envelope_from = None
         self.mail_arguments = None
         self.recipients = []
-        if (
-            self.state is not SessionState.GREETED
-            and self.state is not SessionState.CLOSED
-        ):
+        if self.state is not SessionState.GREETED and self.state is not SessionState.CLOSED:
             self.state = SessionState.READY

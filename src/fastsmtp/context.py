@@ -34,9 +34,7 @@ class Session:
         "messages_accepted",
     )
 
-    def __init__(
-        self, session_id: str, peer: Address | None, local: Address | None
-    ) -> None:
+    def __init__(self, session_id: str, peer: Address | None, local: Address | None) -> None:
         self.session_id = session_id
         self.peer = peer
         self.local = local

@@ -23,9 +23,7 @@ _DEFAULT_REJECT_TEXT = "Transaction failed"
 def _decision_reply(message: str | None, code: int | None) -> replies.Reply:
     if message is None and code is None:
         return replies.TRANSACTION_FAILED
-    return replies.custom_reply(
-        554 if code is None else code, message or _DEFAULT_REJECT_TEXT
-    )
+    return replies.custom_reply(554 if code is None else code, message or _DEFAULT_REJECT_TEXT)
 
 
 class IncomingMailExchange:
@@ -45,9 +43,7 @@ class IncomingMailExchange:
         """
         raise RejectError(_decision_reply(message, code))
 
-    def drop_connection(
-        self, message: str | None = None, code: int | None = None
-    ) -> NoReturn:
+    def drop_connection(self, message: str | None = None, code: int | None = None) -> NoReturn:
         """Refuse this command with a reply, then close the connection.
 
         Args:

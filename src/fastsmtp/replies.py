@@ -92,8 +92,7 @@ def custom_reply(code: int, message: str, enhanced: str | None = None) -> Reply:
     if not isinstance(message, str):
         raise TypeError(f"reply message must be a str, got {type(message).__name__}")
     lines = [
-        line[:_MAX_TEXT]
-        for line in message.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        line[:_MAX_TEXT] for line in message.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     ]
     lines = [line for line in lines if line] or [""]
     first_word = lines[0].split(" ", 1)[0]
@@ -109,9 +108,7 @@ GREETING = "220 {hostname} ESMTP fastsmtp"  # formatted per server, see SessionC
 CLOSING = Reply(221, "2.0.0", "Bye")
 TIMEOUT = Reply(421, "4.4.2", "Timeout waiting for data from client.")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
-SHUTTING_DOWN = Reply(
-    421, "4.3.2", "Service shutting down, closing transmission channel"
-)
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing transmission channel")
 
 # Success
 OK = Reply(250, "2.0.0", "Ok")
@@ -126,6 +123,7 @@ EXPN_DISABLED = Reply(502, "5.5.1", "EXPN command is disabled")
 # Listener decisions (SimpleKotlinMail's reject() and drop_connection() default)
 TRANSACTION_FAILED = Reply(554, "5.0.0", "Transaction failed")
 LOCAL_ERROR = Reply(451, "4.3.0", "Requested action aborted: local error in processing")
+LOCAL_ERROR_CLOSING = Reply(421, "4.3.0", "Local error, closing transmission channel")
 TOO_MUCH_DATA = Reply(552, "5.3.4", "Too much mail data")
 
 # Sequencing
