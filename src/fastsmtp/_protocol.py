@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Listener", "SMTPProtocol"]
 
+# How long a closing connection may take to flush its last replies before it is aborted.
+_FLUSH_SECONDS = 10.0
+
 # A listener and whether it is a coroutine function (run on the loop) or not (in a thread).
 Listener = tuple[Callable[[Any], Any], bool]
 
@@ -159,6 +162,8 @@ class SMTPProtocol(asyncio.Protocol):
             # A decision awaits the listeners: read nothing more until it is made.
             self._pause_reading()
             self._task = self._loop.create_task(self._decide(event, listeners))
+            self._server._listener_tasks.add(self._task)
+            self._task.add_done_callback(self._server._listener_tasks.discard)
             return
 
     async def _decide(
@@ -172,7 +177,7 @@ class SMTPProtocol(asyncio.Protocol):
                 if is_coroutine:
                     await listener(exchange)
                 else:
-                    result = await self._loop.run_in_executor(None, listener, exchange)
+                    result = await self._server._call_in_worker(listener, exchange)
                     if inspect.isawaitable(result):
                         await result
         except DropConnection as drop:
@@ -250,6 +255,12 @@ class SMTPProtocol(asyncio.Protocol):
         if reply is not None:
             transport.write(reply.wire)
         transport.close()
+        if self._writing_paused:
+            # The client reads nothing: its reply can never be flushed, so do not wait for it.
+            transport.abort()
+        else:
+            # A client that stops reading now must not hold the connection open either.
+            self._loop.call_later(_FLUSH_SECONDS, transport.abort)
 
     def shutdown(self, force: bool) -> None:
         """Called by the server on stop: close now if idle (or if ``force``), else later."""

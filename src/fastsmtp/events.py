@@ -23,6 +23,9 @@ _DEFAULT_REJECT_TEXT = "Transaction failed"
 def _decision_reply(message: str | None, code: int | None) -> replies.Reply:
     if message is None and code is None:
         return replies.TRANSACTION_FAILED
+    if code is not None and not (isinstance(code, int) and 400 <= code <= 599):
+        # A refusal told as a success would make the client believe the opposite.
+        raise ValueError(f"a refusal needs a 4xx or 5xx code, got {code!r}")
     return replies.custom_reply(554 if code is None else code, message or _DEFAULT_REJECT_TEXT)
 
 

@@ -12,6 +12,7 @@ import itertools
 import secrets
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
@@ -213,6 +214,10 @@ class SMTPServer:
         self._stopped: asyncio.Event | None = None
         self._stop_requested: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._listener_tasks: set[asyncio.Task[None]] = set()
+        self._listener_threads: set[int] = set()
+        self._stopping: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._session_ids = itertools.count(1)
         self._session_prefix = ""
 
@@ -262,8 +267,9 @@ class SMTPServer:
             raise RuntimeError("the server is already running")
         ready = threading.Event()
         failure: list[BaseException] = []
+        # Not a daemon, even when started from one: the server keeps the process alive.
         thread = threading.Thread(
-            target=self._thread_main, args=(ready, failure), name="fastsmtp-server"
+            target=self._thread_main, args=(ready, failure), name="fastsmtp-server", daemon=False
         )
         thread.start()
         ready.wait()
@@ -282,12 +288,17 @@ class SMTPServer:
         if self._thread is None:
             if _running_loop() is loop:
                 raise RuntimeError("stop() would block the server's own loop; use stop_async()")
-            asyncio.run_coroutine_threadsafe(self.stop_async(), loop).result()
+            stopping = asyncio.run_coroutine_threadsafe(self.stop_async(), loop)
+            if threading.get_ident() not in self._listener_threads:
+                stopping.result()
             return
         if threading.current_thread() is self._thread:
             raise RuntimeError("stop() cannot be called from the server's own thread")
         assert self._stop_requested is not None
         loop.call_soon_threadsafe(self._stop_requested.set)
+        if threading.get_ident() in self._listener_threads:
+            # Waiting here would wait for this very listener's transaction: just ask.
+            return
         self._thread.join()
         self._thread = None
 
@@ -330,9 +341,15 @@ class SMTPServer:
         await self.stop_async()
 
     async def serve_forever(self) -> None:
-        """Serve on the running loop until ``stop()``, ``stop_async()`` or cancellation."""
+        """Serve on the running loop until ``stop()``, ``stop_async()`` or cancellation.
+
+        Raises:
+            RuntimeError: if the server already runs on another event loop.
+        """
         if not self._running:
             await self._open()
+        elif self._loop is not asyncio.get_running_loop():
+            raise RuntimeError("the server already runs on another event loop")
         assert self._stop_requested is not None
         try:
             await self._stop_requested.wait()
@@ -342,6 +359,19 @@ class SMTPServer:
     async def stop_async(self) -> None:
         """The awaitable form of ``stop()``, for code running on the server's loop."""
         if not self._running:
+            return
+        loop = self._loop
+        assert loop is not None
+        if loop is not asyncio.get_running_loop():
+            # The server runs elsewhere (its own thread, say): stop it there, wait here.
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.stop_async(), loop))
+            if self._thread is not None and self._thread is not threading.current_thread():
+                await asyncio.to_thread(self._thread.join)
+            return
+        if asyncio.current_task() in self._listener_tasks:
+            # Awaiting the stop would wait for this listener's own transaction: start it only.
+            if not self._closing:
+                self._stopping = asyncio.get_running_loop().create_task(self._shutdown())
             return
         if self._closing:
             assert self._stopped is not None
@@ -388,6 +418,11 @@ class SMTPServer:
         self._stopped = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._session_prefix = secrets.token_hex(2)
+        # One worker per connection at most, since a connection waits for its listener: so a
+        # slow plain-function listener can never hold up another connection's.
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.max_connections, thread_name_prefix="fastsmtp-listener"
+        )
         try:
             port = self.port
             for host in self._hosts():
@@ -466,6 +501,10 @@ class SMTPServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers = []
+        if self._executor is not None:
+            # Listeners still running in threads finish on their own; nothing waits for them.
+            self._executor.shutdown(wait=False)
+            self._executor = None
         self._running = False
         assert self._stopped is not None
         self._stopped.set()
@@ -488,6 +527,25 @@ class SMTPServer:
         self._connections.discard(connection)
         if self._closing and not self._connections and self._all_closed is not None:
             self._all_closed.set()
+
+    def _run_in_worker(self, listener: Callable[[Any], Any], event: Any) -> Any:
+        """Call a plain-function listener in a worker thread, known as such to ``stop()``."""
+        ident = threading.get_ident()
+        self._listener_threads.add(ident)
+        try:
+            return listener(event)
+        except StopIteration as error:
+            # A future cannot carry StopIteration: it would leave the decision hanging.
+            raise RuntimeError("listener raised StopIteration") from error
+        finally:
+            self._listener_threads.discard(ident)
+
+    async def _call_in_worker(self, listener: Callable[[Any], Any], event: Any) -> Any:
+        """Run a plain-function listener in this server's worker threads and await it."""
+        assert self._loop is not None and self._executor is not None
+        return await self._loop.run_in_executor(
+            self._executor, self._run_in_worker, listener, event
+        )
 
     def _listeners_for(self, event: MailFrom | RcptTo | MessageReceived) -> list[Listener]:
         if isinstance(event, MessageReceived):
