@@ -32,8 +32,17 @@ _FLUSH_SECONDS = 10.0
 Listener = tuple[Callable[[Any], Any], bool]
 
 
-class SMTPProtocol(asyncio.Protocol):
-    """One client connection."""
+# Input a connection may pile up while its listener decides, before it stops reading.
+_MAX_PENDING_INPUT = 256 * 1024
+
+
+class SMTPProtocol(asyncio.BufferedProtocol):
+    """One client connection.
+
+    A buffered protocol: the loop reads straight into the server's one receive buffer
+    (``get_buffer``), and ``buffer_updated`` hands the bytes to the session, which copies
+    them once into its own buffer. That saves the loop's per-read allocation.
+    """
 
     def __init__(self, server: SMTPServer) -> None:
         self._server = server
@@ -87,7 +96,24 @@ class SMTPProtocol(asyncio.Protocol):
         self._last_activity = self._loop.time()
         self._timer = self._loop.call_later(server._timeout_seconds, self._check_idle)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Safe to share: the loop fills it and calls buffer_updated() before any other read.
+        return self._server._receive_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        core = self._core
+        if core is None:
+            return
+        self._last_activity = self._loop.time()
+        core.feed(self._server._receive_buffer[:nbytes])
+        if self._task is None:
+            self._advance()
+        elif core.buffered() > _MAX_PENDING_INPUT:
+            # The client keeps sending while its listener decides: wait for the decision.
+            self._pause_reading()
+
     def data_received(self, data: bytes) -> None:
+        """Take received bytes (for transports that do not support buffered reads)."""
         core = self._core
         if core is None:
             return
@@ -95,6 +121,8 @@ class SMTPProtocol(asyncio.Protocol):
         core.feed(data)
         if self._task is None:
             self._advance()
+        elif core.buffered() > _MAX_PENDING_INPUT:
+            self._pause_reading()
 
     def eof_received(self) -> bool:
         self._close_reason = "client closed the connection"
@@ -159,8 +187,7 @@ class SMTPProtocol(asyncio.Protocol):
             if not listeners:
                 core.accept()
                 continue
-            # A decision awaits the listeners: read nothing more until it is made.
-            self._pause_reading()
+            # Input arriving while the listeners decide is only buffered (see buffer_updated).
             self._task = self._loop.create_task(self._decide(event, listeners))
             self._server._listener_tasks.add(self._task)
             self._task.add_done_callback(self._server._listener_tasks.discard)
@@ -204,7 +231,7 @@ class SMTPProtocol(asyncio.Protocol):
             return
         self._last_activity = self._loop.time()
         self._advance()
-        if self._task is None and not self._writing_paused:
+        if self._reading_paused and self._task is None and not self._writing_paused:
             self._resume_reading()
 
     def _exchange_for(

@@ -206,6 +206,10 @@ class SessionCore:
             if event is not None:
                 return event
 
+    def buffered(self) -> int:
+        """Return how many received octets wait to be processed."""
+        return self._reader.buffered()
+
     def take_output(self) -> bytes:
         """Return the replies produced so far, in order, and forget them."""
         out = self._out
@@ -251,7 +255,8 @@ class SessionCore:
         else:
             self._verb = b"MAIL" if isinstance(event, MailFrom) else b"RCPT"
         self._refuse(reply)
-        if close:
+        # RFC 5321 §3.8: 421 means the server closes the channel, whoever chose the code.
+        if close or reply.code == 421:
             self.close(reason="dropped by a listener")
 
     def close(self, reply: Reply | None = None, reason: str = "closed by the server") -> None:

@@ -155,6 +155,6 @@ HELP = Reply(
     214,
     "2.0.0",
     "fastsmtp: supported commands:",
-    "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+    "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY EXPN HELP",
     "End of HELP info",
 )

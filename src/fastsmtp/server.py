@@ -27,6 +27,9 @@ __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "SMTPServer", "new_event_loop", "smtp_ser
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
+# As much as asyncio's selector loop reads at once.
+_RECEIVE_BUFFER_SIZE = 256 * 1024
+
 # Enforced unless set otherwise; RFC 5321 §4.5.3.1.7 asks servers to take at least 64 KiB.
 DEFAULT_MAX_MESSAGE_SIZE = 32 * 1024 * 1024
 
@@ -218,6 +221,8 @@ class SMTPServer:
         self._listener_threads: set[int] = set()
         self._stopping: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Every connection's reads land here first; one loop thread, so one buffer serves all.
+        self._receive_buffer = memoryview(bytearray(_RECEIVE_BUFFER_SIZE))
         self._session_ids = itertools.count(1)
         self._session_prefix = ""
 
