@@ -143,19 +143,6 @@ class SessionCore:
         self._verb = b""
         # Told of every refused command (verb and reply, never arguments), if set.
         self.on_refuse: Callable[[bytes, Reply], None] | None = None
-        self._handlers: dict[bytes, Callable[[bytes], Event | None]] = {
-            b"HELO": self._on_helo,
-            b"EHLO": self._on_ehlo,
-            b"MAIL": self._on_mail,
-            b"RCPT": self._on_rcpt,
-            b"DATA": self._on_data,
-            b"RSET": self._on_rset,
-            b"NOOP": self._on_noop,
-            b"QUIT": self._on_quit,
-            b"VRFY": self._on_vrfy,
-            b"EXPN": self._on_expn,
-            b"HELP": self._on_help,
-        }
 
     def __repr__(self) -> str:
         return f"<SessionCore {self.session.session_id} {self.state.name}>"
@@ -288,11 +275,11 @@ class SessionCore:
             # 8-bit text is only meaningful in SMTPUTF8 addresses (RFC 6531 §3.3).
             if verb != b"MAIL" and verb != b"RCPT":
                 return self._refuse(replies.EIGHT_BIT_COMMAND)
-        handler = self._handlers.get(verb)
+        handler = _HANDLERS.get(verb)
         if handler is None:
             return self._refuse(replies.UNKNOWN_COMMAND)
         try:
-            return handler(argument)
+            return handler(self, argument)
         except CommandError as error:
             return self._refuse(error.reply)
 
@@ -326,7 +313,7 @@ class SessionCore:
     def _on_mail(self, argument: bytes) -> MailFrom | None:
         if self.state is SessionState.GREETED:
             return self._refuse(replies.NEED_HELO)
-        if self.state.in_transaction:
+        if SessionState.MAIL <= self.state <= SessionState.DATA:
             return self._refuse(replies.SENDER_ALREADY_SPECIFIED)
         arguments = parse_mail(argument)
         if arguments.size is not None and arguments.size > self.config.declared_size_limit:
@@ -339,7 +326,7 @@ class SessionCore:
         return None
 
     def _on_rcpt(self, argument: bytes) -> RcptTo | None:
-        if not self.state.in_transaction:
+        if not SessionState.MAIL <= self.state <= SessionState.DATA:
             return self._refuse(replies.NEED_MAIL)
         if len(self.recipients) >= self.config.max_recipients:
             return self._refuse(replies.TOO_MANY_RECIPIENTS)
@@ -356,7 +343,7 @@ class SessionCore:
     def _on_data(self, argument: bytes) -> None:
         if argument:
             return self._refuse(replies.NO_ARGUMENTS)
-        if not self.state.in_transaction:
+        if not SessionState.MAIL <= self.state <= SessionState.DATA:
             return self._refuse(replies.NEED_MAIL)
         if not self.recipients:
             return self._refuse(replies.NEED_RCPT)
@@ -417,3 +404,19 @@ class SessionCore:
         self.recipients = []
         if self.state is not SessionState.GREETED and self.state is not SessionState.CLOSED:
             self.state = SessionState.READY
+
+
+# Verb dispatch, built once: an explicit table rather than a scan for methods by name.
+_HANDLERS: dict[bytes, Callable[[SessionCore, bytes], Event | None]] = {
+    b"HELO": SessionCore._on_helo,
+    b"EHLO": SessionCore._on_ehlo,
+    b"MAIL": SessionCore._on_mail,
+    b"RCPT": SessionCore._on_rcpt,
+    b"DATA": SessionCore._on_data,
+    b"RSET": SessionCore._on_rset,
+    b"NOOP": SessionCore._on_noop,
+    b"QUIT": SessionCore._on_quit,
+    b"VRFY": SessionCore._on_vrfy,
+    b"EXPN": SessionCore._on_expn,
+    b"HELP": SessionCore._on_help,
+}
