@@ -25,7 +25,7 @@ _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 class MailArguments:
     """What MAIL FROM carried: the reverse-path and the ESMTP parameters that matter."""
 
-    __slots__ = ("address", "size", "body", "smtputf8", "auth")
+    __slots__ = ("address", "auth", "body", "size", "smtputf8")
 
     def __init__(self, address: str) -> None:
         self.address = address

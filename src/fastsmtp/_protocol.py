@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from . import replies
-from ._session import CLOSE, MailFrom, MessageReceived, RcptTo, SessionCore
+from ._session import MailFrom, MessageReceived, RcptTo, SessionCore, _Close
 from .context import MessageContext, Session
 from .errors import DropConnection, RejectError
 from .events import IncomingFrom, IncomingMail, IncomingRecipient
@@ -84,6 +84,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             transport.close()
             return
 
+        assert server._config is not None
         core = SessionCore(server._config, server._wire, session)
         if session_log.isEnabledFor(logging.INFO):
             core.on_refuse = self._log_refusal
@@ -105,7 +106,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if core is None:
             return
         self._last_activity = self._loop.time()
-        core.feed(self._server._receive_buffer[:nbytes])
+        core.feed(self._server._receive_buffer[:nbytes])  # type: ignore[arg-type]
         if self._task is None:
             self._advance()
         elif core.buffered() > _MAX_PENDING_INPUT:
@@ -163,7 +164,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         """Step the session until it needs input, a listener's decision, or closes."""
         try:
             self._step_session()
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback right below
             # A bug of ours must cost one connection, never the server.
             assert self._core is not None
             session_log.exception("%s internal error", self._core.session.session_id)
@@ -180,7 +181,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 transport.write(out)
             if event is None:
                 return
-            if event is CLOSE:
+            if isinstance(event, _Close):
                 self._close(None, core.close_reason)
                 return
             listeners = self._server._listeners_for(event)
@@ -213,7 +214,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             core.reject(rejection.reply)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception:  # noqa: BLE001 - a listener may raise anything; logged below
             # One line with the traceback; the client gets no exception text (RFC 5321 451).
             listener_log.exception(
                 "%s listener %r failed",
@@ -317,6 +318,6 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
 def is_coroutine_listener(listener: Callable[[Any], Awaitable[Any] | Any]) -> bool:
     """Tell whether a listener runs on the loop (coroutine function) or in a thread."""
-    return inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(
-        getattr(listener, "__call__", None)
-    )
+    # A callable object with an ``async def __call__`` counts as a coroutine function too.
+    call = type(listener).__call__ if not inspect.isroutine(listener) else None
+    return inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(call)

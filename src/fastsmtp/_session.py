@@ -34,16 +34,16 @@ class SessionConfig:
     """Everything a session needs from the server, computed once per server start."""
 
     __slots__ = (
-        "hostname",
-        "max_recipients",
-        "max_message_size",
-        "preferred_max_message_size",
-        "max_line_length",
         "decide_mail_from",
         "decide_rcpt_to",
+        "ehlo_reply",
         "greeting",
         "helo_reply",
-        "ehlo_reply",
+        "hostname",
+        "max_line_length",
+        "max_message_size",
+        "max_recipients",
+        "preferred_max_message_size",
     )
 
     def __init__(
@@ -224,7 +224,7 @@ class SessionCore:
             else:
                 self._out.append(replies.MESSAGE_ACCEPTED.wire)
         else:
-            raise RuntimeError("accept() without a pending decision")
+            raise RuntimeError("accept() without a pending decision")  # noqa: TRY004
 
     def reject(self, reply: Reply, close: bool = False) -> None:
         """Resolve the pending decision negatively with ``reply``; optionally close after it.
@@ -283,20 +283,21 @@ class SessionCore:
         except CommandError as error:
             return self._refuse(error.reply)
 
-    def _refuse(self, reply: Reply) -> None:
+    def _refuse(self, reply: Reply) -> Event | None:
+        """Send a refusal; returns None so handlers can ``return self._refuse(...)``."""
         self._out.append(reply.wire)
         if self.on_refuse is not None:
             self.on_refuse(self._verb, reply)
         return None
 
-    def _on_helo(self, argument: bytes) -> None:
+    def _on_helo(self, argument: bytes) -> Event | None:
         if not argument:
             return self._refuse(replies.HELO_SYNTAX)
         self._greeted(argument, esmtp=False)
         self._out.append(self.config.helo_reply)
         return None
 
-    def _on_ehlo(self, argument: bytes) -> None:
+    def _on_ehlo(self, argument: bytes) -> Event | None:
         if not argument:
             return self._refuse(replies.EHLO_SYNTAX)
         self._greeted(argument, esmtp=True)
@@ -310,7 +311,7 @@ class SessionCore:
         self.session.esmtp = esmtp
         self.state = SessionState.READY
 
-    def _on_mail(self, argument: bytes) -> MailFrom | None:
+    def _on_mail(self, argument: bytes) -> Event | None:
         if self.state is SessionState.GREETED:
             return self._refuse(replies.NEED_HELO)
         if SessionState.MAIL <= self.state <= SessionState.DATA:
@@ -325,7 +326,7 @@ class SessionCore:
         self._out.append(replies.SENDER_OK.wire)
         return None
 
-    def _on_rcpt(self, argument: bytes) -> RcptTo | None:
+    def _on_rcpt(self, argument: bytes) -> Event | None:
         if not SessionState.MAIL <= self.state <= SessionState.DATA:
             return self._refuse(replies.NEED_MAIL)
         if len(self.recipients) >= self.config.max_recipients:
@@ -340,7 +341,7 @@ class SessionCore:
         self._out.append(replies.RECIPIENT_OK.wire)
         return None
 
-    def _on_data(self, argument: bytes) -> None:
+    def _on_data(self, argument: bytes) -> Event | None:
         if argument:
             return self._refuse(replies.NO_ARGUMENTS)
         if not SessionState.MAIL <= self.state <= SessionState.DATA:
@@ -352,7 +353,7 @@ class SessionCore:
         self.state = SessionState.DATA
         return None
 
-    def _on_data_end(self) -> MessageReceived | None:
+    def _on_data_end(self) -> Event | None:
         reader = self._reader
         data = reader.take_data()
         if reader.data_overflow:
@@ -362,31 +363,31 @@ class SessionCore:
         self.pending = MessageReceived(data)
         return self.pending
 
-    def _on_rset(self, argument: bytes) -> None:
+    def _on_rset(self, argument: bytes) -> Event | None:
         if argument:
             return self._refuse(replies.NO_ARGUMENTS)
         self._end_transaction()
         self._out.append(replies.RESET_OK.wire)
         return None
 
-    def _on_noop(self, argument: bytes) -> None:
+    def _on_noop(self, argument: bytes) -> Event | None:
         # RFC 5321 §4.1.1.9: NOOP may carry a string, which is ignored.
         self._out.append(replies.OK.wire)
         return None
 
-    def _on_quit(self, argument: bytes) -> None:
+    def _on_quit(self, argument: bytes) -> Event | None:
         if argument:
             return self._refuse(replies.NO_ARGUMENTS)
         self.close(replies.CLOSING, "QUIT")
         return None
 
-    def _on_vrfy(self, argument: bytes) -> None:
+    def _on_vrfy(self, argument: bytes) -> Event | None:
         return self._refuse(replies.VRFY_DISABLED)
 
-    def _on_expn(self, argument: bytes) -> None:
+    def _on_expn(self, argument: bytes) -> Event | None:
         return self._refuse(replies.EXPN_DISABLED)
 
-    def _on_help(self, argument: bytes) -> None:
+    def _on_help(self, argument: bytes) -> Event | None:
         self._out.append(replies.HELP.wire)
         return None
 

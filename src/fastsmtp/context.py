@@ -24,14 +24,14 @@ class Session:
     """
 
     __slots__ = (
-        "session_id",
-        "peer",
-        "local",
-        "helo",
-        "esmtp",
-        "ssl_object",
         "authenticated_user",
+        "esmtp",
+        "helo",
+        "local",
         "messages_accepted",
+        "peer",
+        "session_id",
+        "ssl_object",
     )
 
     def __init__(self, session_id: str, peer: Address | None, local: Address | None) -> None:
@@ -73,7 +73,7 @@ class Session:
 class MessageContext:
     """The context every listener event carries: ``context.session`` and the server."""
 
-    __slots__ = ("session", "server")
+    __slots__ = ("server", "session")
 
     def __init__(self, session: Session, server: Any) -> None:
         self.session = session

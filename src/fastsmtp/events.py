@@ -72,7 +72,7 @@ class IncomingFrom(IncomingMailExchange):
 class IncomingRecipient(IncomingMailExchange):
     """RCPT TO: ``recipient`` and every recipient accepted so far including it."""
 
-    __slots__ = ("envelope_from", "recipient", "current_recipients")
+    __slots__ = ("current_recipients", "envelope_from", "recipient")
 
     def __init__(
         self,
@@ -99,7 +99,7 @@ class IncomingMail(IncomingMailExchange):
         data: the message bytes, dot-unstuffed, with their original line endings.
     """
 
-    __slots__ = ("envelope_from", "recipients", "data", "response_text", "_email")
+    __slots__ = ("_email", "data", "envelope_from", "recipients", "response_text")
 
     def __init__(
         self,

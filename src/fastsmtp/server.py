@@ -12,10 +12,10 @@ import itertools
 import secrets
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Self, TypeVar, overload
 
 from . import _wire
 from ._protocol import Listener, SMTPProtocol, is_coroutine_listener
@@ -210,7 +210,7 @@ class SMTPServer:
         self._config: SessionConfig | None = None
         self._timeout_seconds = 60.0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self._connections: set[SMTPProtocol] = set()
         self._closing = False
         self._all_closed: asyncio.Event | None = None
@@ -259,7 +259,7 @@ class SMTPServer:
         """True from a successful start until the server has stopped."""
         return self._running
 
-    def start(self) -> SMTPServer:
+    def start(self) -> Self:
         """Bind now and serve from a background thread; return at once.
 
         The thread is not a daemon: the process stays alive until ``stop()``.
@@ -307,7 +307,7 @@ class SMTPServer:
         self._thread.join()
         self._thread = None
 
-    def __enter__(self) -> SMTPServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -316,7 +316,7 @@ class SMTPServer:
     def _thread_main(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
             loop = new_event_loop(self.event_loop)
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - re-raised by start()
             failure.append(error)
             ready.set()
             return
@@ -329,7 +329,7 @@ class SMTPServer:
     async def _serve_in_thread(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
             await self._open()
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - re-raised by start()
             failure.append(error)
             ready.set()
             return
@@ -338,7 +338,7 @@ class SMTPServer:
 
     # Life cycle on the caller's event loop
 
-    async def __aenter__(self) -> SMTPServer:
+    async def __aenter__(self) -> Self:
         await self._open()
         return self
 
@@ -450,7 +450,7 @@ class SMTPServer:
             type(self._loop).__module__.split(".")[0],
         )
 
-    async def _bind(self, host: str | None, port: int) -> asyncio.AbstractServer:
+    async def _bind(self, host: str | None, port: int) -> asyncio.Server:
         assert self._loop is not None
         server = await self._loop.create_server(lambda: SMTPProtocol(self), host=host, port=port)
         ports = {sock.getsockname()[1] for sock in server.sockets}
