@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import replies
 from ._session import MailFrom, MessageReceived, RcptTo, SessionCore, _Close
+from ._state import SessionState
 from .context import MessageContext, Session
 from .errors import DropConnection, RejectError
 from .events import IncomingFrom, IncomingMail, IncomingRecipient
@@ -57,6 +58,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._writing_paused = False
         self._close_reason = "client closed the connection"
+        self._peer_host: object = None
+        # The DATA phase being timed (the session counts them) and when it must end.
+        self._data_phase = 0
+        self._data_deadline = 0.0
 
     def __repr__(self) -> str:
         core = self._core
@@ -77,7 +82,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._opened = time.monotonic()
 
         # Refuse before any work when over the limit; the others keep being served.
-        if not server._admit(self):
+        peer = session.peer
+        self._peer_host = peer[0] if peer else None
+        if not server._admit(self, self._peer_host):
             reply = replies.SHUTTING_DOWN if server._closing else replies.TOO_MANY_CONNECTIONS
             session_log.info("%s refused %r: %s", session.session_id, session.peer, reply.text)
             transport.write(reply.wire)
@@ -137,7 +144,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         core = self._core
         if core is None:
             return
-        self._server._forget(self)
+        self._server._forget(self, self._peer_host)
         if exc is not None:
             self._close_reason = f"connection error: {exc}"
         session_log.info(
@@ -180,6 +187,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             if out:
                 transport.write(out)
             if event is None:
+                if core.state is SessionState.DATA and self._data_phase != core.data_phases:
+                    self._data_phase = core.data_phases
+                    self._data_deadline = self._loop.time() + self._server.data_timeout
                 return
             if isinstance(event, _Close):
                 self._close(None, core.close_reason)
@@ -254,12 +264,27 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def _check_idle(self) -> None:
         timeout = self._server._timeout_seconds
-        idle = self._loop.time() - self._last_activity
+        now = self._loop.time()
+        idle = now - self._last_activity
         if self._task is None and idle >= timeout:
             self._close(replies.TIMEOUT, "idle timeout")
             return
+
+        # However steadily a client trickles, one message's content has a deadline.
+        core = self._core
+        in_data = (
+            core is not None
+            and core.state is SessionState.DATA
+            and core.data_phases == self._data_phase
+        )
+        if in_data and self._task is None and now >= self._data_deadline:
+            self._close(replies.DATA_TIMEOUT, "DATA deadline")
+            return
+
         # A client waiting for a listener's decision is not idle.
         delay = timeout if self._task is not None else timeout - idle
+        if in_data:
+            delay = min(delay, max(self._data_deadline - now, 0.01))
         self._timer = self._loop.call_later(delay, self._check_idle)
 
     def _pause_reading(self) -> None:

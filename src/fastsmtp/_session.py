@@ -34,12 +34,14 @@ class SessionConfig:
     """Everything a session needs from the server, computed once per server start."""
 
     __slots__ = (
+        "bare_line_endings",
         "decide_mail_from",
         "decide_rcpt_to",
         "ehlo_reply",
         "greeting",
         "helo_reply",
         "hostname",
+        "max_errors",
         "max_line_length",
         "max_message_size",
         "max_recipients",
@@ -55,6 +57,8 @@ class SessionConfig:
         max_line_length: int = 4096,
         decide_mail_from: bool = False,
         decide_rcpt_to: bool = False,
+        max_errors: int = 20,
+        bare_line_endings: str = "keep",
     ) -> None:
         self.hostname = hostname
         self.max_recipients = max_recipients
@@ -63,6 +67,10 @@ class SessionConfig:
         self.max_line_length = max_line_length
         self.decide_mail_from = decide_mail_from
         self.decide_rcpt_to = decide_rcpt_to
+        self.max_errors = max_errors
+        if bare_line_endings not in BARE_LINE_ENDINGS:
+            raise ValueError(f"bare_line_endings must be one of {BARE_LINE_ENDINGS}")
+        self.bare_line_endings = bare_line_endings
 
         self.greeting = Reply(220, None, f"{hostname} ESMTP fastsmtp").wire
         self.helo_reply = Reply(250, None, hostname).wire
@@ -79,6 +87,15 @@ class SessionConfig:
         if self.preferred_max_message_size:
             return min(self.preferred_max_message_size, self.max_message_size)
         return self.max_message_size
+
+
+# What to do with a message whose content holds a CR or LF outside a CRLF pair.
+BARE_LINE_ENDINGS = ("keep", "reject", "normalize")
+
+
+def normalize_line_endings(data: bytes) -> bytes:
+    """Return ``data`` with every bare CR and bare LF turned into CRLF."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 class MailFrom:
@@ -133,6 +150,8 @@ class SessionCore:
         self.recipients: list[str] = []
         self.pending: MailFrom | RcptTo | MessageReceived | None = None
         self.close_reason = ""
+        self.errors = 0
+        self.data_phases = 0  # how many DATA phases began, so a transport can time each
         self._stop_when_idle = False
 
         self._wire = wire
@@ -184,7 +203,7 @@ class SessionCore:
                     line = reader.next_line()
                 except self._wire.LineTooLong:
                     self._verb = b""
-                    self._refuse(replies.LINE_TOO_LONG)
+                    self._protocol_error(replies.LINE_TOO_LONG)
                     continue
                 if line is None:
                     return None
@@ -271,17 +290,17 @@ class SessionCore:
         flags = self._classify(line)
         if flags:
             if flags & self._wire.CTRL:
-                return self._refuse(replies.BAD_CHARACTERS)
+                return self._protocol_error(replies.BAD_CHARACTERS)
             # 8-bit text is only meaningful in SMTPUTF8 addresses (RFC 6531 §3.3).
             if verb != b"MAIL" and verb != b"RCPT":
-                return self._refuse(replies.EIGHT_BIT_COMMAND)
+                return self._protocol_error(replies.EIGHT_BIT_COMMAND)
         handler = _HANDLERS.get(verb)
         if handler is None:
-            return self._refuse(replies.UNKNOWN_COMMAND)
+            return self._protocol_error(replies.UNKNOWN_COMMAND)
         try:
             return handler(self, argument)
         except CommandError as error:
-            return self._refuse(error.reply)
+            return self._protocol_error(error.reply)
 
     def _refuse(self, reply: Reply) -> Event | None:
         """Send a refusal; returns None so handlers can ``return self._refuse(...)``."""
@@ -290,16 +309,28 @@ class SessionCore:
             self.on_refuse(self._verb, reply)
         return None
 
+    def _protocol_error(self, reply: Reply) -> Event | None:
+        """Refuse a command the client got wrong; too many of them end the connection.
+
+        Counts syntax, sequence and unknown-command errors, not listener decisions: like
+        Postfix's hard error limit, it stops a client that is not speaking SMTP.
+        """
+        self._refuse(reply)
+        self.errors += 1
+        if self.errors >= self.config.max_errors:
+            self.close(replies.TOO_MANY_ERRORS, "too many errors")
+        return None
+
     def _on_helo(self, argument: bytes) -> Event | None:
         if not argument:
-            return self._refuse(replies.HELO_SYNTAX)
+            return self._protocol_error(replies.HELO_SYNTAX)
         self._greeted(argument, esmtp=False)
         self._out.append(self.config.helo_reply)
         return None
 
     def _on_ehlo(self, argument: bytes) -> Event | None:
         if not argument:
-            return self._refuse(replies.EHLO_SYNTAX)
+            return self._protocol_error(replies.EHLO_SYNTAX)
         self._greeted(argument, esmtp=True)
         self._out.append(self.config.ehlo_reply)
         return None
@@ -313,9 +344,9 @@ class SessionCore:
 
     def _on_mail(self, argument: bytes) -> Event | None:
         if self.state is SessionState.GREETED:
-            return self._refuse(replies.NEED_HELO)
+            return self._protocol_error(replies.NEED_HELO)
         if SessionState.MAIL <= self.state <= SessionState.DATA:
-            return self._refuse(replies.SENDER_ALREADY_SPECIFIED)
+            return self._protocol_error(replies.SENDER_ALREADY_SPECIFIED)
         arguments = parse_mail(argument)
         if arguments.size is not None and arguments.size > self.config.declared_size_limit:
             return self._refuse(replies.SIZE_EXCEEDED)
@@ -328,7 +359,7 @@ class SessionCore:
 
     def _on_rcpt(self, argument: bytes) -> Event | None:
         if not SessionState.MAIL <= self.state <= SessionState.DATA:
-            return self._refuse(replies.NEED_MAIL)
+            return self._protocol_error(replies.NEED_MAIL)
         if len(self.recipients) >= self.config.max_recipients:
             return self._refuse(replies.TOO_MANY_RECIPIENTS)
         assert self.mail_arguments is not None
@@ -343,14 +374,15 @@ class SessionCore:
 
     def _on_data(self, argument: bytes) -> Event | None:
         if argument:
-            return self._refuse(replies.NO_ARGUMENTS)
+            return self._protocol_error(replies.NO_ARGUMENTS)
         if not SessionState.MAIL <= self.state <= SessionState.DATA:
-            return self._refuse(replies.NEED_MAIL)
+            return self._protocol_error(replies.NEED_MAIL)
         if not self.recipients:
-            return self._refuse(replies.NEED_RCPT)
+            return self._protocol_error(replies.NEED_RCPT)
         self._out.append(replies.START_MAIL_INPUT.wire)
         self._reader.start_data(self.config.max_message_size)
         self.state = SessionState.DATA
+        self.data_phases += 1
         return None
 
     def _on_data_end(self) -> Event | None:
@@ -360,12 +392,19 @@ class SessionCore:
             # RFC 5321 §4.2.5: the content was read to its end marker before answering.
             self._end_transaction()
             return self._refuse(replies.TOO_MUCH_DATA)
+        if reader.data_bare_line_endings:
+            policy = self.config.bare_line_endings
+            if policy == "reject":
+                self._end_transaction()
+                return self._refuse(replies.BARE_LINE_ENDINGS)
+            if policy == "normalize":
+                data = normalize_line_endings(data)
         self.pending = MessageReceived(data)
         return self.pending
 
     def _on_rset(self, argument: bytes) -> Event | None:
         if argument:
-            return self._refuse(replies.NO_ARGUMENTS)
+            return self._protocol_error(replies.NO_ARGUMENTS)
         self._end_transaction()
         self._out.append(replies.RESET_OK.wire)
         return None
@@ -377,7 +416,7 @@ class SessionCore:
 
     def _on_quit(self, argument: bytes) -> Event | None:
         if argument:
-            return self._refuse(replies.NO_ARGUMENTS)
+            return self._protocol_error(replies.NO_ARGUMENTS)
         self.close(replies.CLOSING, "QUIT")
         return None
 

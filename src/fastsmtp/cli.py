@@ -224,6 +224,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="time transactions in flight get to finish on stop (default: 30)",
     )
+    options.add_argument(
+        "--data-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="time one message's content may take to arrive, then 421 4.4.2 (default: 600)",
+    )
+    options.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        metavar="N",
+        help="connections at once from one client address; more get 421 (default: no limit)",
+    )
+    options.add_argument(
+        "--max-errors",
+        type=int,
+        metavar="N",
+        help="protocol errors tolerated per connection before 421 4.7.0 (default: 20)",
+    )
+    options.add_argument(
+        "--bare-line-endings",
+        choices=("keep", "reject", "normalize"),
+        help="messages with a CR or LF outside CRLF: keep as received, reject with 550 "
+        "5.5.2, or normalize to CRLF (default: keep)",
+    )
 
     output = parser.add_argument_group("logging").add_mutually_exclusive_group()
     output.add_argument("-v", "--verbose", action="store_true", help="log debugging details too")
@@ -240,6 +264,10 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_message_size",
         "connection_timeout",
         "shutdown_grace",
+        "data_timeout",
+        "max_connections_per_address",
+        "max_errors",
+        "bare_line_endings",
     )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 

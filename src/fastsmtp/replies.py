@@ -147,7 +147,10 @@ NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 BAD_PARAMETER = Reply(555, "5.5.4", "Unsupported or invalid parameter")
 EIGHT_BIT_COMMAND = Reply(500, "5.5.2", "Error: 8-bit characters require SMTPUTF8")
 
-# Limits
+# Limits and hostile input
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+BARE_LINE_ENDINGS = Reply(550, "5.5.2", "Message refused: bare CR or LF in content")
+DATA_TIMEOUT = Reply(421, "4.4.2", "Timeout: message content took too long")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
 SIZE_EXCEEDED = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 

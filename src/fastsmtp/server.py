@@ -19,7 +19,7 @@ from typing import Any, Generic, Self, TypeVar, overload
 
 from . import _wire
 from ._protocol import Listener, SMTPProtocol, is_coroutine_listener
-from ._session import MailFrom, MessageReceived, RcptTo, SessionConfig
+from ._session import BARE_LINE_ENDINGS, MailFrom, MessageReceived, RcptTo, SessionConfig
 from .log import server_log
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "SMTPServer", "new_event_loop", "smtp_server"]
@@ -98,6 +98,13 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def _bare_line_endings(name: str, value: object) -> str:
+    if value not in BARE_LINE_ENDINGS:
+        raise ValueError(f"{name} must be one of {', '.join(BARE_LINE_ENDINGS)}, got {value!r}")
+    assert isinstance(value, str)
+    return value
+
+
 def _seconds(name: str, value: object) -> float:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
@@ -157,6 +164,16 @@ class SMTPServer:
         connection_timeout: seconds (or a ``timedelta``) a client may stay silent before
             ``421 4.4.2`` and a close.
         shutdown_grace: seconds ``stop()`` lets transactions in flight finish.
+        data_timeout: seconds one message's content may take to arrive, however steadily a
+            client trickles it; then ``421 4.4.2`` and a close.
+        max_connections_per_address: connections at once from one client address; more get
+            ``421`` and are closed. None: no limit besides ``max_connections``.
+        max_errors: protocol errors (bad syntax, bad sequence, unknown commands) tolerated on
+            one connection; the last one is answered ``421 4.7.0`` and the connection closes.
+        bare_line_endings: what to do with a message holding a CR or LF outside a CRLF pair:
+            "keep" it as received (the default: nothing is altered, and only CRLF.CRLF ends
+            DATA here anyway), "reject" it with ``550 5.5.2`` after its end, or "normalize"
+            it to CRLF (for listeners that relay mail to servers less strict than this one).
         event_loop: the loop ``start()`` runs in its thread: "asyncio", "uvloop", or "auto"
             (uvloop when installed). The asynchronous forms use the caller's loop.
     """
@@ -170,6 +187,10 @@ class SMTPServer:
     max_message_size = _Option(_optional_positive_int)
     connection_timeout = _Option(_seconds)
     shutdown_grace = _Option(_seconds)
+    data_timeout = _Option(_seconds)
+    max_connections_per_address = _Option(_optional_positive_int)
+    max_errors = _Option(_positive_int)
+    bare_line_endings = _Option(_bare_line_endings)
     event_loop = _Option(_event_loop)
 
     def __init__(
@@ -184,6 +205,10 @@ class SMTPServer:
         max_message_size: int | None = None,
         connection_timeout: float | timedelta = 60.0,
         shutdown_grace: float | timedelta = 30.0,
+        data_timeout: float | timedelta = 600.0,
+        max_connections_per_address: int | None = None,
+        max_errors: int = 20,
+        bare_line_endings: str = "keep",
         event_loop: str = "asyncio",
     ) -> None:
         self._options: dict[str, Any] = {}
@@ -197,6 +222,10 @@ class SMTPServer:
         self.max_message_size = max_message_size
         self.connection_timeout = connection_timeout
         self.shutdown_grace = shutdown_grace
+        self.data_timeout = data_timeout
+        self.max_connections_per_address = max_connections_per_address
+        self.max_errors = max_errors
+        self.bare_line_endings = bare_line_endings
         self.event_loop = event_loop
 
         self._from_listeners: list[Listener] = []
@@ -212,6 +241,7 @@ class SMTPServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
         self._connections: set[SMTPProtocol] = set()
+        self._per_address: dict[object, int] = {}
         self._closing = False
         self._all_closed: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
@@ -482,6 +512,8 @@ class SMTPServer:
             preferred_max_message_size=preferred,
             decide_mail_from=bool(self._from_listeners),
             decide_rcpt_to=bool(self._recipient_listeners),
+            max_errors=self.max_errors,
+            bare_line_endings=self.bare_line_endings,
         )
 
     async def _shutdown(self) -> None:
@@ -522,14 +554,26 @@ class SMTPServer:
     def _next_session_id(self) -> str:
         return f"{self._session_prefix}{next(self._session_ids):x}"
 
-    def _admit(self, connection: SMTPProtocol) -> bool:
+    def _admit(self, connection: SMTPProtocol, peer_host: object) -> bool:
         if self._closing or len(self._connections) >= self.max_connections:
             return False
+        per_address = self.max_connections_per_address
+        if per_address is not None:
+            count = self._per_address.get(peer_host, 0)
+            if count >= per_address:
+                return False
+            self._per_address[peer_host] = count + 1
         self._connections.add(connection)
         return True
 
-    def _forget(self, connection: SMTPProtocol) -> None:
+    def _forget(self, connection: SMTPProtocol, peer_host: object) -> None:
+        if connection not in self._connections:
+            return
         self._connections.discard(connection)
+        if self.max_connections_per_address is not None:
+            count = self._per_address.pop(peer_host, 1) - 1
+            if count > 0:
+                self._per_address[peer_host] = count
         if self._closing and not self._connections and self._all_closed is not None:
             self._all_closed.set()
 
