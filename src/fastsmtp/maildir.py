@@ -13,6 +13,7 @@ never any part of the content.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mailbox
 import os
@@ -25,6 +26,10 @@ __all__ = ["STORE_FAILED_TEXT", "MaildirSink", "MessageSink", "message_id"]
 
 # The reply text of a message that could not be stored, answered with code 451.
 STORE_FAILED_TEXT = "4.3.0 Error: could not store message"
+
+# A full disk or quota gets 452 4.3.1 (RFC 3463: mail system full), still a try-again-later.
+STORAGE_FULL_TEXT = "4.3.1 Error: insufficient storage for the message"
+_STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # The header section ends at the first empty line (RFC 5322 §2.1); a field may be folded
 # onto continuation lines that start with white space (§2.2.3).
@@ -63,7 +68,8 @@ class MessageSink:
     """A mail listener that keeps every message somewhere and logs one line for it.
 
     Subclasses implement ``store()``. An ``OSError`` or ``mailbox.Error`` from it is logged
-    and answered ``451 4.3.0`` so that the client tries again later; the server goes on.
+    and answered ``451 4.3.0`` (``452 4.3.1`` when storage is full) so that the client
+    tries again later; the server goes on.
     """
 
     #: The logger of the per-message lines; subclasses name their own.
@@ -90,6 +96,8 @@ class MessageSink:
                 len(mail.data),
                 error,
             )
+            if isinstance(error, OSError) and error.errno in _STORAGE_FULL:
+                mail.reject(STORAGE_FULL_TEXT, code=452)
             mail.reject(STORE_FAILED_TEXT, code=451)
         self.log.info(
             "%s stored message from=<%s> to=%s size=%d message-id=%s in %s",
