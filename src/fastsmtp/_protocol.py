@@ -1,7 +1,8 @@
 """The asyncio glue of one connection: transport in, session core, listeners, transport out.
 
 Everything SMTP is decided in ``_session``; this module moves bytes, keeps time, calls the
-listeners (coroutines on the loop, plain functions in a worker thread) and reports back.
+listeners (coroutines on the loop, plain functions in a worker thread) and reports back. It
+also runs the STARTTLS handshake the session asks for, with ``loop.start_tls()``.
 """
 
 from __future__ import annotations
@@ -9,19 +10,30 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from . import replies
-from ._session import MailFrom, MessageReceived, RcptTo, SessionCore, _Close
+from ._session import (
+    AuthAttempt,
+    MailFrom,
+    MessageReceived,
+    RcptTo,
+    SessionCore,
+    _Close,
+    _StartTLS,
+)
 from ._state import SessionState
+from .auth import IncomingAuth
 from .context import MessageContext, Session
 from .errors import DropConnection, RejectError
 from .events import IncomingFrom, IncomingMail, IncomingRecipient
 from .log import listener_log, session_log
 
 if TYPE_CHECKING:
+    from .endpoints import Endpoint
     from .server import SMTPServer
 
 __all__ = ["Listener", "SMTPProtocol"]
@@ -45,8 +57,13 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     them once into its own buffer. That saves the loop's per-read allocation.
     """
 
-    def __init__(self, server: SMTPServer) -> None:
+    def __init__(self, server: SMTPServer, endpoint: Endpoint | None = None) -> None:
         self._server = server
+        self._endpoint = endpoint
+        # While the STARTTLS handshake runs: decrypted bytes that arrive before the handshake
+        # task resumes. None otherwise, when everything received goes to the session.
+        self._tls_early: bytearray | None = None
+        self._finished = False
         self._loop = server._loop_now()
         self._transport: asyncio.Transport | None = None
         self._core: SessionCore | None = None
@@ -80,6 +97,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             transport.get_extra_info("sockname"),
         )
         self._opened = time.monotonic()
+        # Implicit TLS: the handshake is already done when the connection is made.
+        session.ssl_object = transport.get_extra_info("ssl_object")
 
         # Refuse before any work when over the limit; the others keep being served.
         peer = session.peer
@@ -92,13 +111,23 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return
 
         assert server._config is not None
-        core = SessionCore(server._config, server._wire, session)
+        core = SessionCore(
+            server._config,
+            server._wire,
+            session,
+            tls=session.is_tls,
+            starttls=server._offers_starttls(self._endpoint),
+        )
         if session_log.isEnabledFor(logging.INFO):
             core.on_refuse = self._log_refusal
         self._core = core
         self._context = MessageContext(session, server)
         session_log.info(
-            "%s open peer=%r local=%r", session.session_id, session.peer, session.local
+            "%s open peer=%r local=%r tls=%s",
+            session.session_id,
+            session.peer,
+            session.local,
+            session.tls_version or "no",
         )
         transport.write(core.greeting())
         self._last_activity = self._loop.time()
@@ -113,6 +142,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if core is None:
             return
         self._last_activity = self._loop.time()
+        if self._tls_early is not None:
+            self._tls_early += self._server._receive_buffer[:nbytes]
+            return
         core.feed(self._server._receive_buffer[:nbytes])  # type: ignore[arg-type]
         if self._task is None:
             self._advance()
@@ -126,6 +158,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if core is None:
             return
         self._last_activity = self._loop.time()
+        if self._tls_early is not None:
+            self._tls_early += data
+            return
         core.feed(data)
         if self._task is None:
             self._advance()
@@ -137,6 +172,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Also called by a failed STARTTLS handshake, which the loop may report again later.
+        if self._finished:
+            return
+        self._finished = True
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
@@ -194,21 +233,44 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             if isinstance(event, _Close):
                 self._close(None, core.close_reason)
                 return
+            if isinstance(event, _StartTLS):
+                self._start_tls()
+                return
             listeners = self._server._listeners_for(event)
             if not listeners:
-                core.accept()
+                # Credentials nobody checks are refused; AUTH is not offered without a listener.
+                if isinstance(event, AuthAttempt):
+                    core.reject(replies.AUTH_FAILED)
+                else:
+                    core.accept()
                 continue
             # Input arriving while the listeners decide is only buffered (see buffer_updated).
-            self._task = self._loop.create_task(self._decide(event, listeners))
-            self._server._listener_tasks.add(self._task)
-            self._task.add_done_callback(self._server._listener_tasks.discard)
+            task = _start_task(self._decide(event, listeners), self._loop)
+            if task.done():
+                # Decided without suspending (Python 3.12+ runs the first step eagerly).
+                self._task = None
+                continue
+            self._task = task
+            task.add_done_callback(self._decided)
             return
 
+    def _decided(self, task: asyncio.Task[None]) -> None:
+        """Go on with the dialogue once listeners that had to wait have decided."""
+        self._task = None
+        if task.cancelled() or self._transport is None or self._transport.is_closing():
+            return
+        self._last_activity = self._loop.time()
+        self._advance()
+        if self._reading_paused and self._task is None and not self._writing_paused:
+            self._resume_reading()
+
     async def _decide(
-        self, event: MailFrom | RcptTo | MessageReceived, listeners: list[Listener]
+        self, event: MailFrom | RcptTo | MessageReceived | AuthAttempt, listeners: list[Listener]
     ) -> None:
         core = self._core
         assert core is not None
+        # Known as this connection's listener task from its first step (stop_async needs it).
+        self._task = asyncio.current_task()
         exchange = self._exchange_for(event)
         try:
             for listener, is_coroutine in listeners:
@@ -224,7 +286,17 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             core.reject(rejection.reply)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a listener may raise anything; logged below
+        except Exception as error:  # noqa: BLE001 - a listener may raise anything; logged below
+            if isinstance(exchange, IncomingAuth):
+                # Neither the exception's text nor its traceback: either may quote a password.
+                listener_log.error(
+                    "%s auth listener failed: %s at %s (message withheld)",
+                    core.session.session_id,
+                    type(error).__name__,
+                    _where(error),
+                )
+                core.reject(replies.AUTH_TEMPORARY_FAILURE)
+                return
             # One line with the traceback; the client gets no exception text (RFC 5321 451).
             listener_log.exception(
                 "%s listener %r failed",
@@ -235,22 +307,22 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         else:
             text = exchange.response_text if isinstance(exchange, IncomingMail) else None
             core.accept(text)
-        finally:
-            self._task = None
-
-        if self._transport is None or self._transport.is_closing():
-            return
-        self._last_activity = self._loop.time()
-        self._advance()
-        if self._reading_paused and self._task is None and not self._writing_paused:
-            self._resume_reading()
+            if isinstance(exchange, IncomingAuth):
+                # Not the user name: it is half of the credentials.
+                session_log.info(
+                    "%s authenticated with %s", core.session.session_id, exchange.mechanism
+                )
 
     def _exchange_for(
-        self, event: MailFrom | RcptTo | MessageReceived
-    ) -> IncomingFrom | IncomingRecipient | IncomingMail:
+        self, event: MailFrom | RcptTo | MessageReceived | AuthAttempt
+    ) -> IncomingFrom | IncomingRecipient | IncomingMail | IncomingAuth:
         core = self._core
         context = self._context
         assert core is not None and context is not None
+        if isinstance(event, AuthAttempt):
+            return IncomingAuth(
+                context, event.mechanism, event.username, event.password, event.authorization_id
+            )
         if isinstance(event, MessageReceived):
             return IncomingMail(
                 context, core.envelope_from or "", tuple(core.recipients), event.data
@@ -259,6 +331,81 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             current = (*core.recipients, event.address)
             return IncomingRecipient(context, core.envelope_from or "", event.address, current)
         return IncomingFrom(context, event.address)
+
+    # STARTTLS (RFC 3207)
+
+    def _start_tls(self) -> None:
+        """Start the handshake the session asked for; until it ends the session reads nothing."""
+        core = self._core
+        assert core is not None
+        if core.discarded_after_starttls:
+            session_log.info(
+                "%s dropped %d octet(s) sent after STARTTLS before the handshake",
+                core.session.session_id,
+                core.discarded_after_starttls,
+            )
+        self._task = self._loop.create_task(self._handshake())
+
+    async def _handshake(self) -> None:
+        core = self._core
+        transport = self._transport
+        server = self._server
+        assert core is not None and transport is not None and server.tls is not None
+        failure = "client closed the connection during the TLS handshake"
+        # From here on the transport hands its bytes to the TLS layer, not to us: whatever
+        # reaches buffer_updated() now was decrypted after a successful handshake.
+        self._tls_early = bytearray()
+        try:
+            tls_transport = await self._loop.start_tls(
+                transport,
+                self,
+                server.tls,
+                server_side=True,
+                ssl_handshake_timeout=server.tls_handshake_timeout,
+            )
+        except BaseException as error:
+            tls_transport = None
+            failure = f"TLS handshake failed: {type(error).__name__}: {error}"[:200]
+            if isinstance(error, asyncio.CancelledError):
+                self._task = None
+                self._tls_failed(transport, "server shutting down during the TLS handshake")
+                raise
+        finally:
+            self._task = None
+            early, self._tls_early = self._tls_early, None
+
+        # A client that closed cleanly mid-handshake leaves start_tls() returning None.
+        if tls_transport is None or tls_transport.is_closing():
+            self._tls_failed(transport, failure)
+            return
+
+        self._transport = cast(asyncio.Transport, tls_transport)
+        self._reading_paused = self._writing_paused = False
+        session = core.session
+        session.ssl_object = tls_transport.get_extra_info("ssl_object")
+        core.tls_established()
+        cipher = session.cipher
+        session_log.info(
+            "%s TLS started: %s %s",
+            session.session_id,
+            session.tls_version,
+            cipher[0] if cipher else "",
+        )
+        self._last_activity = self._loop.time()
+        if early:
+            core.feed(bytes(early))
+        self._advance()
+
+    def _tls_failed(self, transport: asyncio.Transport, reason: str) -> None:
+        """End a connection whose handshake failed; the server serves on."""
+        if self._finished:
+            return
+        self._close_reason = reason
+        if self._core is not None:
+            self._core.close(reason=reason)
+        transport.abort()
+        # The TLS layer owns the transport now and reports no loss to us before the handshake.
+        self.connection_lost(None)
 
     # Time, flow control, closing
 
@@ -323,6 +470,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if force:
             if self._task is not None:
                 self._task.cancel()
+            if self._tls_early is not None:
+                # Mid-handshake: no reply can be sent; the cancelled handshake closes.
+                return
             self._close(replies.SHUTTING_DOWN, "server shutting down")
             return
         core.stop_when_idle()
@@ -339,6 +489,28 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             reply.code,
             reply.enhanced or "",
         )
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> Any:
+        # Eager: listeners that never wait (most do not) cost no trip through the loop.
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+
+else:
+
+    def _start_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> Any:
+        return loop.create_task(coro)
+
+
+def _where(error: BaseException) -> str:
+    """Return ``file:line`` where ``error`` was raised, for a log line without its text."""
+    trace = error.__traceback__
+    if trace is None:
+        return "unknown location"
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    return f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}"
 
 
 def is_coroutine_listener(listener: Callable[[Any], Awaitable[Any] | Any]) -> bool:

@@ -2,7 +2,8 @@
 
 ``smtp_server(port=...)`` returns an ``SMTPServer``. It serves either from a thread of its own
 (``start()`` / ``stop()``, as SimpleKotlinMail does) or on the caller's event loop
-(``async with server:`` / ``await server.serve_forever()``).
+(``async with server:`` / ``await server.serve_forever()``). Besides its primary address it
+may listen on more endpoints (``add_endpoint``), each plain, with STARTTLS or implicit TLS.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import itertools
 import secrets
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,16 @@ from typing import Any, Generic, Self, TypeVar, overload
 
 from . import _wire
 from ._protocol import Listener, SMTPProtocol, is_coroutine_listener
-from ._session import BARE_LINE_ENDINGS, MailFrom, MessageReceived, RcptTo, SessionConfig
+from ._session import (
+    BARE_LINE_ENDINGS,
+    AuthAttempt,
+    MailFrom,
+    MessageReceived,
+    RcptTo,
+    SessionConfig,
+)
+from .auth import MECHANISMS
+from .endpoints import Endpoint
 from .log import server_log
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "SMTPServer", "new_event_loop", "smtp_server"]
@@ -60,6 +71,18 @@ def _host(name: str, value: object) -> str | tuple[str, ...] | None:
     if isinstance(value, Sequence) and value and all(isinstance(h, str) for h in value):
         return tuple(value)
     raise TypeError(f"{name} must be a str, a sequence of str or None, got {value!r}")
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _tls_context(name: str, value: object) -> ssl.SSLContext | None:
+    if value is not None and not isinstance(value, ssl.SSLContext):
+        raise TypeError(f"{name} must be an ssl.SSLContext or None, got {type(value).__name__}")
+    return value
 
 
 def _hostname(name: str, value: object) -> str:
@@ -176,6 +199,19 @@ class SMTPServer:
             it to CRLF (for listeners that relay mail to servers less strict than this one).
         event_loop: the loop ``start()`` runs in its thread: "asyncio", "uvloop", or "auto"
             (uvloop when installed). The asynchronous forms use the caller's loop.
+        tls: an ``ssl.SSLContext`` (see ``fastsmtp.server_tls_context``) that enables
+            STARTTLS (RFC 3207) on plain endpoints and serves implicit-TLS ones. None: no TLS.
+        implicit_tls: True to speak TLS from the first byte on the primary address
+            (RFC 8314, usually port 465); needs ``tls``.
+        require_tls: refuse MAIL, RCPT, DATA, AUTH, VRFY, EXPN and HELP with ``530 5.7.0``
+            until TLS is active; needs ``tls``.
+        tls_handshake_timeout: seconds a TLS handshake may take before the connection closes.
+        allow_plaintext_auth: offer AUTH before TLS too (it is offered over TLS only, as
+            RFC 4954 §4 advises for PLAIN and LOGIN, and answered ``538 5.7.11`` before).
+        require_auth: refuse MAIL with ``530 5.7.0`` until AUTH succeeded; needs an
+            ``auth_listener``.
+        max_auth_failures: failed AUTH attempts on one connection before ``421 4.7.0`` and a
+            close.
     """
 
     port = _Option(_port)
@@ -192,6 +228,13 @@ class SMTPServer:
     max_errors = _Option(_positive_int)
     bare_line_endings = _Option(_bare_line_endings)
     event_loop = _Option(_event_loop)
+    tls = _Option(_tls_context)
+    implicit_tls = _Option(_flag)
+    require_tls = _Option(_flag)
+    tls_handshake_timeout = _Option(_seconds)
+    allow_plaintext_auth = _Option(_flag)
+    require_auth = _Option(_flag)
+    max_auth_failures = _Option(_positive_int)
 
     def __init__(
         self,
@@ -210,6 +253,13 @@ class SMTPServer:
         max_errors: int = 20,
         bare_line_endings: str = "keep",
         event_loop: str = "asyncio",
+        tls: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        require_tls: bool = False,
+        tls_handshake_timeout: float | timedelta = 30.0,
+        allow_plaintext_auth: bool = False,
+        require_auth: bool = False,
+        max_auth_failures: int = 3,
     ) -> None:
         self._options: dict[str, Any] = {}
         self._running = False
@@ -227,10 +277,21 @@ class SMTPServer:
         self.max_errors = max_errors
         self.bare_line_endings = bare_line_endings
         self.event_loop = event_loop
+        self.tls = tls
+        self.implicit_tls = implicit_tls
+        self.require_tls = require_tls
+        self.tls_handshake_timeout = tls_handshake_timeout
+        self.allow_plaintext_auth = allow_plaintext_auth
+        self.require_auth = require_auth
+        self.max_auth_failures = max_auth_failures
 
         self._from_listeners: list[Listener] = []
         self._recipient_listeners: list[Listener] = []
         self._mail_listeners: list[Listener] = []
+        self._auth_listeners: list[Listener] = []
+        # The primary endpoint is made from port, host and implicit_tls when serving starts.
+        self._primary: Endpoint | None = None
+        self._extra_endpoints: list[Endpoint] = []
 
         # The twin of the hot path this server uses; tests set it to run on both.
         self._wire = _wire.load(_wire.IMPLEMENTATION)
@@ -247,7 +308,6 @@ class SMTPServer:
         self._stopped: asyncio.Event | None = None
         self._stop_requested: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
-        self._listener_tasks: set[asyncio.Task[None]] = set()
         self._listener_threads: set[int] = set()
         self._stopping: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -273,6 +333,16 @@ class SMTPServer:
     def mail_listener(self, listener: F) -> F:
         """Register a listener for the end of DATA; it gets an ``IncomingMail``."""
         return self._register(self._mail_listeners, listener)
+
+    def auth_listener(self, listener: F) -> F:
+        """Register a listener for AUTH; it gets an ``IncomingAuth`` and accepts by returning.
+
+        Registering one makes the server offer AUTH PLAIN and LOGIN (over TLS only, unless
+        ``allow_plaintext_auth``). ``reject()`` refuses the credentials with ``535 5.7.8``; a
+        listener that raises anything else gets the client ``454 4.7.0``. Plain functions run
+        in a worker thread, so a slow password hash never stalls other connections.
+        """
+        return self._register(self._auth_listeners, listener)
 
     def _register(self, listeners: list[Listener], listener: F) -> F:
         if not callable(listener):
@@ -403,7 +473,7 @@ class SMTPServer:
             if self._thread is not None and self._thread is not threading.current_thread():
                 await asyncio.to_thread(self._thread.join)
             return
-        if asyncio.current_task() in self._listener_tasks:
+        if self._is_listener_task(asyncio.current_task()):
             # Awaiting the stop would wait for this listener's own transaction: start it only.
             if not self._closing:
                 self._stopping = asyncio.get_running_loop().create_task(self._shutdown())
@@ -419,7 +489,53 @@ class SMTPServer:
         """Which twin of the hot path this server runs: ``"c"`` or ``"py"``."""
         return "c" if self._wire.__name__.endswith("_c") else "py"
 
-    # Bound addresses
+    # Endpoints and bound addresses
+
+    def add_endpoint(
+        self,
+        port: int,
+        host: str | Sequence[str] | None = None,
+        *,
+        implicit_tls: bool = False,
+        starttls: bool = True,
+    ) -> Endpoint:
+        """Listen on one more port besides the primary ``port`` and ``host``.
+
+        Every endpoint shares the server's listeners, options and connection limits.
+
+        >>> server = smtp_server(port=587, tls=context)
+        >>> smtps = server.add_endpoint(465, implicit_tls=True)
+
+        Args:
+            port: TCP port; 0 picks a free one (read it back from the endpoint's
+                ``bound_port`` once the server runs).
+            host: address or addresses to bind; None binds every interface.
+            implicit_tls: TLS from the first byte (RFC 8314); needs the ``tls`` option.
+            starttls: whether a plain endpoint offers STARTTLS when ``tls`` is set; False
+                makes it plain only.
+
+        Raises:
+            TypeError, ValueError: for an invalid port or host.
+            RuntimeError: if the server is running.
+        """
+        if self._running:
+            raise RuntimeError("cannot add an endpoint while the server is running")
+        endpoint = Endpoint(
+            _port("port", port),
+            _host("host", host),
+            implicit_tls=_flag("implicit_tls", implicit_tls),
+            starttls=_flag("starttls", starttls),
+        )
+        self._extra_endpoints.append(endpoint)
+        return endpoint
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """Every endpoint, the primary one (``port``, ``host``, ``implicit_tls``) first."""
+        primary = self._primary
+        if primary is None or not self._running:
+            primary = Endpoint(self.port, self.host, implicit_tls=self.implicit_tls)
+        return [primary, *self._extra_endpoints]
 
     @property
     def addresses(self) -> list[tuple[Any, ...]]:
@@ -446,6 +562,8 @@ class SMTPServer:
         if self._running:
             raise RuntimeError("the server is already running")
         self._config = self._session_config()
+        endpoints = self.endpoints
+        self._check_security(endpoints)
         self._timeout_seconds = self.connection_timeout
         self._loop = asyncio.get_running_loop()
         self._closing = False
@@ -459,42 +577,77 @@ class SMTPServer:
             max_workers=self.max_connections, thread_name_prefix="fastsmtp-listener"
         )
         try:
-            port = self.port
-            for host in self._hosts():
-                server = await self._bind(host, port)
-                self._servers.append(server)
-                # With port 0, every address shares the port the first bind picked.
-                port = server.sockets[0].getsockname()[1]
+            for endpoint in endpoints:
+                port = endpoint.port
+                for host in endpoint.hosts():
+                    server = await self._bind(endpoint, host, port)
+                    endpoint._servers.append(server)
+                    self._servers.append(server)
+                    # With port 0, every address shares the port the first bind picked.
+                    port = server.sockets[0].getsockname()[1]
         except BaseException:
             for server in self._servers:
                 server.close()
             self._servers = []
+            for endpoint in endpoints:
+                endpoint._servers = []
             raise
+        self._primary = endpoints[0]
         self._running = True
         if not self._mail_listeners:
             server_log.warning("no mail_listener registered: messages are accepted and dropped")
         server_log.info(
             "listening on %s (hot path: %s, loop: %s)",
-            ", ".join(_format_address(a) for a in self.addresses),
+            ", ".join(self._describe(endpoint) for endpoint in endpoints),
             self.implementation,
             type(self._loop).__module__.split(".")[0],
         )
 
-    async def _bind(self, host: str | None, port: int) -> asyncio.Server:
+    async def _bind(self, endpoint: Endpoint, host: str | None, port: int) -> asyncio.Server:
         assert self._loop is not None
-        server = await self._loop.create_server(lambda: SMTPProtocol(self), host=host, port=port)
+        implicit = endpoint.implicit_tls
+        server = await self._loop.create_server(
+            lambda: SMTPProtocol(self, endpoint),
+            host=host,
+            port=port,
+            ssl=self.tls if implicit else None,
+            ssl_handshake_timeout=self.tls_handshake_timeout if implicit else None,
+        )
         ports = {sock.getsockname()[1] for sock in server.sockets}
         if port == 0 and len(ports) > 1:
             # Every interface got its own free port: bind them all again to the first one.
             first = server.sockets[0].getsockname()[1]
             server.close()
             await server.wait_closed()
-            return await self._bind(host, first)
+            return await self._bind(endpoint, host, first)
         return server
 
-    def _hosts(self) -> Sequence[str | None]:
-        host = self.host
-        return (host,) if host is None or isinstance(host, str) else host
+    def _describe(self, endpoint: Endpoint) -> str:
+        """Say where ``endpoint`` listens and how: ``127.0.0.1:465 (implicit TLS)``."""
+        where = ", ".join(_format_address(address) for address in endpoint.addresses)
+        if endpoint.implicit_tls:
+            return f"{where} (implicit TLS)"
+        return f"{where} (STARTTLS)" if self._offers_starttls(endpoint) else where
+
+    def _check_security(self, endpoints: list[Endpoint]) -> None:
+        """Refuse at start the TLS and AUTH settings that cannot work together."""
+        if self.tls is None:
+            if any(endpoint.implicit_tls for endpoint in endpoints):
+                raise ValueError("implicit TLS needs the tls option (an ssl.SSLContext)")
+            if self.require_tls:
+                raise ValueError("require_tls needs the tls option (an ssl.SSLContext)")
+        if self.require_tls and any(
+            not endpoint.implicit_tls and not endpoint.starttls for endpoint in endpoints
+        ):
+            raise ValueError("require_tls with a plain endpoint that offers no STARTTLS")
+        if self.require_auth and not self._auth_listeners:
+            raise ValueError("require_auth needs an auth_listener")
+
+    def _offers_starttls(self, endpoint: Endpoint | None) -> bool:
+        """True if connections to ``endpoint`` may use STARTTLS."""
+        if self.tls is None:
+            return False
+        return endpoint is None or (endpoint.starttls and not endpoint.implicit_tls)
 
     def _session_config(self) -> SessionConfig:
         preferred = self.preferred_max_message_size
@@ -514,6 +667,11 @@ class SMTPServer:
             decide_rcpt_to=bool(self._recipient_listeners),
             max_errors=self.max_errors,
             bare_line_endings=self.bare_line_endings,
+            require_tls=self.require_tls,
+            auth_mechanisms=MECHANISMS if self._auth_listeners else (),
+            allow_plaintext_auth=self.allow_plaintext_auth,
+            require_auth=self.require_auth,
+            max_auth_failures=self.max_auth_failures,
         )
 
     async def _shutdown(self) -> None:
@@ -538,6 +696,8 @@ class SMTPServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers = []
+        for endpoint in self.endpoints:
+            endpoint._servers = []
         if self._executor is not None:
             # Listeners still running in threads finish on their own; nothing waits for them.
             self._executor.shutdown(wait=False)
@@ -577,6 +737,10 @@ class SMTPServer:
         if self._closing and not self._connections and self._all_closed is not None:
             self._all_closed.set()
 
+    def _is_listener_task(self, task: asyncio.Task[Any] | None) -> bool:
+        """True if ``task`` runs the listeners of one of this server's connections."""
+        return task is not None and any(c._task is task for c in self._connections)
+
     def _run_in_worker(self, listener: Callable[[Any], Any], event: Any) -> Any:
         """Call a plain-function listener in a worker thread, known as such to ``stop()``."""
         ident = threading.get_ident()
@@ -596,9 +760,13 @@ class SMTPServer:
             self._executor, self._run_in_worker, listener, event
         )
 
-    def _listeners_for(self, event: MailFrom | RcptTo | MessageReceived) -> list[Listener]:
+    def _listeners_for(
+        self, event: MailFrom | RcptTo | MessageReceived | AuthAttempt
+    ) -> list[Listener]:
         if isinstance(event, MessageReceived):
             return self._mail_listeners
+        if isinstance(event, AuthAttempt):
+            return self._auth_listeners
         if isinstance(event, RcptTo):
             return self._recipient_listeners
         return self._from_listeners
