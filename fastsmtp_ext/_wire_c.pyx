@@ -15,9 +15,12 @@ from cpython.bytes cimport (
     PyBytes_CheckExact,
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
+    _PyBytes_Resize,
 )
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
 from cpython.pyport cimport PY_SSIZE_T_MAX
+from cpython.ref cimport Py_CLEAR, Py_INCREF
 from libc.string cimport memchr, memcpy, memmove
 
 from fastsmtp._wire_py import DEFAULT_MAX_LINE_LENGTH, LineTooLong
@@ -54,11 +57,19 @@ cdef enum:
     _MIN_CAPACITY = 4096
     _KEEP_CAPACITY = 256 * 1024
 
+    # A body doubles its room up to this size, then grows by a quarter at a time.
+    _GROW_SLOWLY_FROM = 4 * 1024 * 1024
+
 # C copies of the Python twin's bit values.
 CTRL = _CTRL
 EIGHT_BIT = _EIGHT_BIT
 
 cdef bytes _EMPTY = b""
+
+
+cdef extern from "Python.h":
+    # The macro on a borrowed pointer: the body is held as PyObject* for _PyBytes_Resize.
+    char* _bytes_data "PyBytes_AS_STRING" (PyObject* op) nogil
 
 # What classify_command() reports per octet. Horizontal tab is let through: some clients
 # separate parameters with it.
@@ -195,9 +206,10 @@ cdef class WireReader:
 
         bint           _in_data
         Py_ssize_t     _data_limit
-        unsigned char* _body
-        Py_ssize_t     _body_len
-        Py_ssize_t     _body_cap
+        Py_ssize_t     _size_hint   # room to make at the first growth, 0 for none
+        PyObject*      _body        # owned bytes object the content is written into
+        Py_ssize_t     _body_len    # content octets in it
+        Py_ssize_t     _body_cap    # its size as a bytes object; 0 without one
         Py_ssize_t     _data_size
         bint           _data_overflow
         bint           _data_bare_eol
@@ -213,6 +225,7 @@ cdef class WireReader:
 
         self._in_data = False
         self._data_limit = 0
+        self._size_hint = 0
         self._data_size = 0
         self._data_overflow = False
         self._data_bare_eol = False
@@ -316,11 +329,18 @@ cdef class WireReader:
 
     # DATA mode
 
-    def start_data(self, max_size):
-        """Switch to reading message content, keeping at most ``max_size`` octets of it."""
+    def start_data(self, max_size, size_hint=0):
+        """Switch to reading message content, keeping at most ``max_size`` octets of it.
+
+        ``size_hint`` is the size the client declared (RFC 1870 ``SIZE=``), 0 if none: room
+        for that much content, up to ``max_size``, is then made once instead of grown.
+        """
         if max_size < 0:
             raise ValueError(f"max_size must not be negative, got {max_size}")
+        if size_hint < 0:
+            raise ValueError(f"size_hint must not be negative, got {size_hint}")
         self._data_limit = _clamp(max_size)
+        self._size_hint = min(_clamp(size_hint), self._data_limit)
         self._in_data = True
         self._body_len = 0
         self._data_size = 0
@@ -364,13 +384,13 @@ cdef class WireReader:
             _scan_data(p, size, NULL, check_bare, &res)
         elif size - _CONTEXT <= room:
             self._reserve_body(size - _CONTEXT)
-            _scan_data(p, size, self._body + self._body_len, check_bare, &res)
+            _scan_data(p, size, self._body_end(), check_bare, &res)
             copied = True
         else:
             _scan_data(p, size, NULL, check_bare, &res)
             if res.content <= room and (res.marker or res.cut > _CONTEXT):
                 self._reserve_body(res.content)
-                _scan_data(p, size, self._body + self._body_len, check_bare, &res)
+                _scan_data(p, size, self._body_end(), check_bare, &res)
                 copied = True
         if not res.marker and res.cut <= _CONTEXT:
             return False
@@ -413,12 +433,17 @@ cdef class WireReader:
 
     def take_data(self):
         """Return the unstuffed content read so far (empty after an overflow) and forget it."""
+        cdef object body
         if self._body_len == 0:
+            if self._body_cap > _KEEP_CAPACITY:
+                self._drop_body()
             return _EMPTY
-        body = PyBytes_FromStringAndSize(<char*>self._body, self._body_len)
-        self._body_len = 0
-        if self._body_cap > _KEEP_CAPACITY:
-            self._drop_body()
+
+        # The content was written into this very object: trim it to size and hand it over.
+        # Shrinking is a realloc that gives back the tail in place, so no copy exists.
+        self._resize_body(self._body_len)
+        body = <object>self._body
+        self._drop_body()
         return body
 
     # Internals
@@ -474,25 +499,68 @@ cdef class WireReader:
             self._buf = NULL
             self._cap = 0
 
+    cdef inline unsigned char* _body_end(self) noexcept:
+        """Return where the next content octet goes, or NULL while there is no body object.
+
+        read_data() only reserves room for content it will copy, so NULL comes with a scan
+        that copies nothing.
+        """
+        if self._body == NULL:
+            return NULL
+        return <unsigned char*>_bytes_data(self._body) + self._body_len
+
     cdef int _reserve_body(self, Py_ssize_t extra) except -1:
-        cdef Py_ssize_t cap
-        cdef unsigned char* fresh
-        if extra <= self._body_cap - self._body_len:
+        """Make room for ``extra`` more content octets in the body object."""
+        cdef Py_ssize_t need
+        cdef Py_ssize_t cap = self._body_cap
+        cdef object fresh
+
+        if extra <= cap - self._body_len:
             return 0
         if extra > PY_SSIZE_T_MAX // 2 - self._body_len:
             raise MemoryError()
-        cap = max(self._body_cap * 2, self._body_len + extra, <Py_ssize_t>_MIN_CAPACITY)
-        # realloc, not malloc and copy: large blocks then grow by remapping pages in place.
-        fresh = <unsigned char*>PyMem_Realloc(self._body, <size_t>cap)
-        if fresh == NULL:
-            raise MemoryError()
-        self._body = fresh
-        self._body_cap = cap
+        need = self._body_len + extra
+
+        # Doubling is cheapest while bodies are small. Past _GROW_SLOWLY_FROM, a quarter at a
+        # time bounds the room made but never used to 25% of the content, and each realloc
+        # that has to copy holds the old block and the new one together: that sum, not the
+        # final size, is what a large message costs at its peak.
+        if self._size_hint > need:
+            cap = self._size_hint
+        elif cap < _GROW_SLOWLY_FROM:
+            cap *= 2
+        else:
+            cap += cap // 4
+        cap = max(cap, need, <Py_ssize_t>_MIN_CAPACITY)
+        cap = min(cap, max(need, self._data_limit))  # content past the limit is not kept
+        self._size_hint = 0
+
+        if self._body == NULL:
+            fresh = PyBytes_FromStringAndSize(NULL, cap)
+            Py_INCREF(fresh)
+            self._body = <PyObject*>fresh
+            self._body_cap = cap
+            return 0
+        self._resize_body(cap)
+        return 0
+
+    cdef int _resize_body(self, Py_ssize_t size) except -1:
+        """Resize the body object in place when the allocator can (realloc)."""
+        try:
+            _PyBytes_Resize(&self._body, size)
+        except BaseException:
+            # CPython frees the object when this fails, and the content read so far with it:
+            # count the rest without keeping it, so that no caller is ever handed a part.
+            self._body = NULL
+            self._body_len = 0
+            self._body_cap = 0
+            self._data_overflow = True
+            raise
+        self._body_cap = size
         return 0
 
     cdef void _drop_body(self) noexcept:
-        PyMem_Free(self._body)
-        self._body = NULL
+        Py_CLEAR(self._body)
         self._body_len = 0
         self._body_cap = 0
 

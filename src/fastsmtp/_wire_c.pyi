@@ -60,8 +60,12 @@ class WireReader:
     def discard_buffered(self) -> int:
         """Drop every buffered octet (STARTTLS must not run plaintext pipelined after it)."""
 
-    def start_data(self, max_size: int) -> None:
-        """Switch to reading message content, keeping at most ``max_size`` octets of it."""
+    def start_data(self, max_size: int, size_hint: int = 0) -> None:
+        """Switch to reading message content, keeping at most ``max_size`` octets of it.
+
+        ``size_hint`` is the size the client declared (RFC 1870 ``SIZE=``), 0 if none: room
+        for that much content, up to ``max_size``, is then made once instead of grown.
+        """
 
     def read_data(self) -> bool:
         """Consume buffered DATA content; return True once the end marker was consumed.

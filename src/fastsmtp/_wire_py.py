@@ -9,6 +9,8 @@ however the input is split into chunks; ``tests/test_wire_parity.py`` holds them
 
 from __future__ import annotations
 
+import io
+
 __all__ = [
     "CTRL",
     "DEFAULT_MAX_LINE_LENGTH",
@@ -68,7 +70,8 @@ class WireReader:
 
         self._in_data = False
         self._data_limit = 0
-        self._body = bytearray()
+        # BytesIO, not bytearray: getvalue() hands over its buffer without copying it.
+        self._body = io.BytesIO()
         self._data_size = 0
         self._data_overflow = False
         self._data_bare_eol = False
@@ -133,15 +136,22 @@ class WireReader:
 
     # DATA mode
 
-    def start_data(self, max_size: int) -> None:
-        """Switch to reading message content, keeping at most ``max_size`` octets of it."""
+    def start_data(self, max_size: int, size_hint: int = 0) -> None:
+        """Switch to reading message content, keeping at most ``max_size`` octets of it.
+
+        ``size_hint`` is the size the client declared (RFC 1870 ``SIZE=``), 0 if none: room
+        for that much content, up to ``max_size``, is then made once instead of grown.
+        """
         if max_size < 0:
             raise ValueError(f"max_size must not be negative, got {max_size}")
+        if size_hint < 0:
+            raise ValueError(f"size_hint must not be negative, got {size_hint}")
+        # BytesIO has no way to make room ahead, so this twin lets the hint go unused.
         self._in_data = True
         self._data_limit = max_size
         # The start of DATA counts as a line start (RFC 5321 §4.1.1.4): a virtual CRLF of
         # context makes an immediate "." line the end marker and a leading dot stuffed.
-        self._body = bytearray()
+        self._body = io.BytesIO()
         self._data_size = 0
         self._data_overflow = False
         self._data_bare_eol = False
@@ -178,26 +188,40 @@ class WireReader:
 
     def _account(self, buf: bytearray, cut: int) -> None:
         """Unstuff ``buf[_CONTEXT:cut]`` into the body, counting octets and bare CR or LF."""
-        segment = bytes(buf[:cut])
-        content = segment.replace(_STUFFED, _CRLF)[_CONTEXT:]
-
         # A bare LF is an LF not preceded by CR; a bare CR is a CR not followed by LF. The
-        # context byte before and the held-back bytes after the segment decide the edges.
+        # context byte before and the held-back bytes after the segment decide the edges: a
+        # CRLF starting in the context pairs an LF of the segment but none of its CRs, and a
+        # CRLF ending in the held-back bytes pairs a CR of the segment but none of its LFs.
         if not self._data_bare_eol:
-            lf = segment.count(b"\n", _CONTEXT)
-            crlf = segment.count(_CRLF, _CONTEXT - 1)
-            cr = buf.count(b"\r", _CONTEXT, cut)
-            cr_lf = buf.count(_CRLF, _CONTEXT, cut + 1)
-            self._data_bare_eol = lf != crlf or cr != cr_lf
+            lf_paired = buf.count(_CRLF, _CONTEXT - 1, cut)
+            cr_paired = lf_paired - (buf[1:3] == _CRLF) + (buf[cut - 1 : cut + 1] == _CRLF)
+            self._data_bare_eol = (
+                buf.count(b"\n", _CONTEXT, cut) != lf_paired
+                or buf.count(b"\r", _CONTEXT, cut) != cr_paired
+            )
 
-        self._data_size += len(content)
         if self._data_overflow:
+            # Past the limit only the size matters, and "\r\n." cannot overlap itself, so
+            # counting the stuffed dots agrees with replace().
+            self._data_size += cut - _CONTEXT - buf.count(_STUFFED, 0, cut)
             return
+
+        # Most segments hold no stuffed dot: those go into the body straight from buf. The
+        # views are released before returning, as read_data() resizes buf next.
+        if buf.find(_STUFFED, 0, cut) < 0:
+            self._data_size += cut - _CONTEXT
+            if self._data_size <= self._data_limit:
+                with memoryview(buf) as view, view[_CONTEXT:cut] as part:
+                    self._body.write(part)
+        else:
+            content = buf[:cut].replace(_STUFFED, _CRLF)
+            self._data_size += len(content) - _CONTEXT
+            if self._data_size <= self._data_limit:
+                with memoryview(content) as view, view[_CONTEXT:] as part:
+                    self._body.write(part)
         if self._data_size > self._data_limit:
             self._data_overflow = True
-            self._body = bytearray()
-        else:
-            self._body += content
+            self._body = io.BytesIO()
 
     @property
     def in_data(self) -> bool:
@@ -221,8 +245,9 @@ class WireReader:
 
     def take_data(self) -> bytes:
         """Return the unstuffed content read so far (empty after an overflow) and forget it."""
-        body = bytes(self._body)
-        self._body = bytearray()
+        # getvalue() trims the buffer in place and shares it, so the content is not copied.
+        body = self._body.getvalue()
+        self._body = io.BytesIO()
         return body
 
 
