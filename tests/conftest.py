@@ -283,3 +283,59 @@ def cli_twin(request: pytest.FixtureRequest) -> str:
     _wire.load(request.param)  # a missing compiled twin is an error, as for `wire`
     twin: str = request.param
     return twin
+
+
+# TLS for tests/test_tls.py, tests/test_auth.py and tests/test_cli_tls.py: a throwaway
+# certificate authority from trustme, and certificates it issued, as PEM files.
+
+import ssl
+from pathlib import Path
+
+import trustme
+
+from fastsmtp import server_tls_context
+
+TLS_SERVER_NAMES = ("localhost", "127.0.0.1", HOSTNAME)
+
+
+class TLSFiles:
+    """A test CA and a server certificate it issued, written out as PEM files."""
+
+    def __init__(self, directory: Path) -> None:
+        self.ca = trustme.CA()
+        self.directory = directory
+        self.ca_file = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(self.ca_file)
+        self.cert_file, self.key_file = self.issue("server", *TLS_SERVER_NAMES)
+
+    def issue(self, name: str, *identities: str) -> tuple[Path, Path]:
+        """Issue a certificate for ``identities``; return its chain file and its key file."""
+        cert = self.ca.issue_cert(*identities, common_name=identities[0])
+        chain, key = self.directory / f"{name}.pem", self.directory / f"{name}.key"
+        chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+        cert.private_key_pem.write_to_path(key)
+        return chain, key
+
+    def client_context(self) -> ssl.SSLContext:
+        """Return a client context that trusts the test CA (and checks host names)."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A test CA with a server certificate for localhost, 127.0.0.1 and mx.test."""
+    return TLSFiles(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def server_tls(tls_files: TLSFiles) -> ssl.SSLContext:
+    """The server context built by fastsmtp's own helper from the test certificate."""
+    return server_tls_context(tls_files.cert_file, tls_files.key_file)
+
+
+@pytest.fixture
+def client_tls(tls_files: TLSFiles) -> ssl.SSLContext:
+    """A client context that trusts the test CA."""
+    return tls_files.client_context()

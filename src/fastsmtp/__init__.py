@@ -9,17 +9,22 @@
 
 from ._version import __version__
 from ._wire import IMPLEMENTATION
+from .auth import IncomingAuth
 from .context import MessageContext, Session
+from .endpoints import Endpoint
 from .errors import DropConnection, FastSMTPError, RejectError
 from .events import IncomingFrom, IncomingMail, IncomingMailExchange, IncomingRecipient
 from .replies import Reply
 from .server import DEFAULT_MAX_MESSAGE_SIZE, SMTPServer, smtp_server
+from .tls import server_tls_context
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "IMPLEMENTATION",
     "DropConnection",
+    "Endpoint",
     "FastSMTPError",
+    "IncomingAuth",
     "IncomingFrom",
     "IncomingMail",
     "IncomingMailExchange",
@@ -30,5 +35,6 @@ __all__ = [
     "SMTPServer",
     "Session",
     "__version__",
+    "server_tls_context",
     "smtp_server",
 ]

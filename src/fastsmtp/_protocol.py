@@ -184,7 +184,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if core is None:
             return
         self._server._forget(self, self._peer_host)
-        if exc is not None:
+        # After our own close an error is no news (a TLS client that leaves without
+        # answering close_notify resets the connection): the reason stays ours.
+        if exc is not None and core.state is not SessionState.CLOSED:
             self._close_reason = f"connection error: {exc}"
         session_log.info(
             "%s closed: %s, %.3fs, %d message(s) accepted",

@@ -2,13 +2,19 @@
 
 No sockets, no asyncio, no listeners are called from here. The transport layer feeds what
 it receives, calls ``step()`` until it returns None, writes ``take_output()``, and answers each
-decision event (``MailFrom``, ``RcptTo``, ``MessageReceived``) with ``accept()`` or
-``reject()`` before stepping again. Holding the input until then is what keeps the replies
-to pipelined commands (RFC 2920) in order.
+decision event (``MailFrom``, ``RcptTo``, ``MessageReceived``, ``AuthAttempt``) with
+``accept()`` or ``reject()`` before stepping again. Holding the input until then is what keeps
+the replies to pipelined commands (RFC 2920) in order.
+
+``START_TLS`` from ``step()`` asks the transport to write the output, run the TLS handshake
+and call ``tls_established()`` (or ``close()`` if it fails). From STARTTLS until then nothing
+received is kept: plaintext pipelined after STARTTLS must never run inside the TLS session.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from types import ModuleType
 from typing import Final
@@ -22,6 +28,8 @@ from .replies import Reply
 
 __all__ = [
     "CLOSE",
+    "START_TLS",
+    "AuthAttempt",
     "MailFrom",
     "MessageReceived",
     "RcptTo",
@@ -34,18 +42,24 @@ class SessionConfig:
     """Everything a session needs from the server, computed once per server start."""
 
     __slots__ = (
+        "allow_plaintext_auth",
+        "auth_mechanisms",
         "bare_line_endings",
         "decide_mail_from",
         "decide_rcpt_to",
+        "ehlo_replies",
         "ehlo_reply",
         "greeting",
         "helo_reply",
         "hostname",
+        "max_auth_failures",
         "max_errors",
         "max_line_length",
         "max_message_size",
         "max_recipients",
         "preferred_max_message_size",
+        "require_auth",
+        "require_tls",
     )
 
     def __init__(
@@ -59,6 +73,11 @@ class SessionConfig:
         decide_rcpt_to: bool = False,
         max_errors: int = 20,
         bare_line_endings: str = "keep",
+        require_tls: bool = False,
+        auth_mechanisms: tuple[str, ...] = (),
+        allow_plaintext_auth: bool = False,
+        require_auth: bool = False,
+        max_auth_failures: int = 3,
     ) -> None:
         self.hostname = hostname
         self.max_recipients = max_recipients
@@ -71,6 +90,11 @@ class SessionConfig:
         if bare_line_endings not in BARE_LINE_ENDINGS:
             raise ValueError(f"bare_line_endings must be one of {BARE_LINE_ENDINGS}")
         self.bare_line_endings = bare_line_endings
+        self.require_tls = require_tls
+        self.auth_mechanisms = auth_mechanisms
+        self.allow_plaintext_auth = allow_plaintext_auth
+        self.require_auth = require_auth
+        self.max_auth_failures = max_auth_failures
 
         self.greeting = Reply(220, None, f"{hostname} ESMTP fastsmtp").wire
         self.helo_reply = Reply(250, None, hostname).wire
@@ -80,6 +104,20 @@ class SessionConfig:
             keywords.append(f"SIZE {preferred_max_message_size}")
         keywords += ["PIPELINING", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
         self.ehlo_reply = Reply(250, None, *keywords).wire
+        # Keyed by (STARTTLS offered, AUTH offered): RFC 3207 §4.2 drops STARTTLS once TLS
+        # is up, and RFC 4954 §4 lets a server show AUTH only where it may be used.
+        auth = "AUTH " + " ".join(auth_mechanisms)
+        self.ehlo_replies = {
+            (starttls, offer_auth): Reply(
+                250,
+                None,
+                *keywords,
+                *(["STARTTLS"] if starttls else []),
+                *([auth] if offer_auth and auth_mechanisms else []),
+            ).wire
+            for starttls in (False, True)
+            for offer_auth in (False, True)
+        }
 
     @property
     def declared_size_limit(self) -> int:
@@ -126,6 +164,26 @@ class MessageReceived:
         self.data = data
 
 
+class AuthAttempt:
+    """Decision event: AUTH brought credentials; accept or reject them.
+
+    ``password`` is for the decision alone: ``repr()`` leaves it out, and nothing logs it.
+    """
+
+    __slots__ = ("authorization_id", "mechanism", "password", "username")
+
+    def __init__(
+        self, mechanism: str, username: str, password: str, authorization_id: str | None
+    ) -> None:
+        self.mechanism = mechanism
+        self.username = username
+        self.password = password
+        self.authorization_id = authorization_id
+
+    def __repr__(self) -> str:
+        return f"<AuthAttempt {self.mechanism}>"
+
+
 class _Close:
     """Returned by ``step()`` once the connection must close after the pending output."""
 
@@ -133,22 +191,57 @@ class _Close:
         return "CLOSE"
 
 
-CLOSE: Final = _Close()
+class _StartTLS:
+    """Returned by ``step()`` after STARTTLS: write the output, then do the TLS handshake."""
 
-Event = MailFrom | RcptTo | MessageReceived | _Close
+    def __repr__(self) -> str:
+        return "START_TLS"
+
+
+CLOSE: Final = _Close()
+START_TLS: Final = _StartTLS()
+
+Event = MailFrom | RcptTo | MessageReceived | AuthAttempt | _Close | _StartTLS
+
+
+class _AuthExchange:
+    """An AUTH exchange waiting for the client's next line (RFC 4954 §4)."""
+
+    __slots__ = ("mechanism", "username")
+
+    def __init__(self, mechanism: str) -> None:
+        self.mechanism = mechanism
+        self.username: str | None = None  # LOGIN: the user name, once given
 
 
 class SessionCore:
     """One connection's SMTP dialogue, independent of any transport."""
 
-    def __init__(self, config: SessionConfig, wire: ModuleType, session: Session) -> None:
+    def __init__(
+        self,
+        config: SessionConfig,
+        wire: ModuleType,
+        session: Session,
+        *,
+        tls: bool = False,
+        starttls: bool = False,
+    ) -> None:
+        """Start a dialogue; ``tls`` if it is encrypted from the start (implicit TLS),
+        ``starttls`` if STARTTLS may upgrade it."""
         self.config = config
         self.session = session
         self.state = SessionState.GREETED
         self.envelope_from: str | None = None
         self.mail_arguments: MailArguments | None = None
         self.recipients: list[str] = []
-        self.pending: MailFrom | RcptTo | MessageReceived | None = None
+        self.pending: MailFrom | RcptTo | MessageReceived | AuthAttempt | None = None
+        self.tls = tls
+        self.auth_failures = 0
+        self.discarded_after_starttls = 0  # plaintext octets dropped at STARTTLS
+        self._starttls = starttls
+        self._tls_pending = False
+        self._tls_required = config.require_tls and not tls
+        self._auth: _AuthExchange | None = None
         self.close_reason = ""
         self.errors = 0
         self.data_phases = 0  # how many DATA phases began, so a transport can time each
@@ -173,16 +266,21 @@ class SessionCore:
         return self.config.greeting
 
     def feed(self, data: bytes) -> None:
-        """Take bytes received from the client; nothing is parsed until ``step()``."""
-        if self.state is not SessionState.CLOSED:
+        """Take bytes received from the client; nothing is parsed until ``step()``.
+
+        Between STARTTLS and ``tls_established()`` the bytes are dropped: they can only be
+        plaintext sent before the handshake, and must never be run inside it.
+        """
+        if self.state is not SessionState.CLOSED and not self._tls_pending:
             self._reader.feed(data)
 
     def step(self) -> Event | None:
         """Process buffered input until a decision is needed, input runs out or it closes.
 
         Returns None when more input is needed, ``CLOSE`` when the connection must close
-        once the output is written, or a decision event to answer with ``accept()`` or
-        ``reject()``. Replies produced along the way wait in ``take_output()``.
+        once the output is written, ``START_TLS`` when the TLS handshake must start, or a
+        decision event to answer with ``accept()`` or ``reject()``. Replies produced along
+        the way wait in ``take_output()``.
         """
         if self.pending is not None:
             raise RuntimeError(f"step() with {type(self.pending).__name__} undecided")
@@ -190,6 +288,8 @@ class SessionCore:
         while True:
             if self.state is SessionState.CLOSED:
                 return CLOSE
+            if self._tls_pending:
+                return None
             if self._stop_when_idle and self.state < SessionState.MAIL:
                 self.close(replies.SHUTTING_DOWN, "server shutting down")
                 return CLOSE
@@ -202,12 +302,17 @@ class SessionCore:
                 try:
                     line = reader.next_line()
                 except self._wire.LineTooLong:
+                    if self._auth is not None:
+                        self._auth = None
+                        self._auth_failed(replies.LINE_TOO_LONG)
+                        continue
                     self._verb = b""
                     self._protocol_error(replies.LINE_TOO_LONG)
                     continue
                 if line is None:
                     return None
-                event = self._on_line(line)
+                # Answers to a 334 challenge are read as lines but are never commands.
+                event = self._on_line(line) if self._auth is None else self._on_auth_line(line)
 
             if event is not None:
                 return event
@@ -242,6 +347,9 @@ class SessionCore:
                 self._out.append(replies.custom_reply(250, text, "2.0.0").wire)
             else:
                 self._out.append(replies.MESSAGE_ACCEPTED.wire)
+        elif isinstance(event, AuthAttempt):
+            self.session.authenticated_user = event.username
+            self._out.append(replies.AUTH_SUCCEEDED.wire)
         else:
             raise RuntimeError("accept() without a pending decision")  # noqa: TRY004
 
@@ -258,12 +366,38 @@ class SessionCore:
         if isinstance(event, MessageReceived):
             self._end_transaction()
             self._verb = b"DATA"
+        elif isinstance(event, AuthAttempt):
+            self._verb = b"AUTH"
+            if not close and reply.code != 421:
+                self._auth_failed(reply)
+                return
         else:
             self._verb = b"MAIL" if isinstance(event, MailFrom) else b"RCPT"
         self._refuse(reply)
         # RFC 5321 §3.8: 421 means the server closes the channel, whoever chose the code.
         if close or reply.code == 421:
             self.close(reason="dropped by a listener")
+
+    def tls_established(self) -> None:
+        """Go on after a successful STARTTLS handshake, as from a new greeting.
+
+        RFC 3207 §4.2: everything learnt before TLS is forgotten, so the client must send
+        EHLO again; a transaction in progress and an earlier AUTH are gone too.
+
+        Raises:
+            RuntimeError: if ``step()`` did not ask for the handshake.
+        """
+        if not self._tls_pending:
+            raise RuntimeError("tls_established() without STARTTLS")
+        self._tls_pending = False
+        self.tls = True
+        self._tls_required = False
+        self._end_transaction()
+        if self.state is not SessionState.CLOSED:
+            self.state = SessionState.GREETED
+        self.session.helo = None
+        self.session.esmtp = False
+        self.session.authenticated_user = None
 
     def close(self, reply: Reply | None = None, reason: str = "closed by the server") -> None:
         """Stop the dialogue: ``reply`` (if any) is the last output, nothing more is read."""
@@ -297,6 +431,9 @@ class SessionCore:
         handler = _HANDLERS.get(verb)
         if handler is None:
             return self._protocol_error(replies.UNKNOWN_COMMAND)
+        if self._tls_required and verb not in _ALLOWED_BEFORE_TLS:
+            # RFC 3207 §4: with TLS required, only these commands work until it is up.
+            return self._protocol_error(replies.TLS_REQUIRED)
         try:
             return handler(self, argument)
         except CommandError as error:
@@ -332,7 +469,8 @@ class SessionCore:
         if not argument:
             return self._protocol_error(replies.EHLO_SYNTAX)
         self._greeted(argument, esmtp=True)
-        self._out.append(self.config.ehlo_reply)
+        offers = (self._starttls and not self.tls, self._auth_offered())
+        self._out.append(self.config.ehlo_replies[offers])
         return None
 
     def _greeted(self, argument: bytes, esmtp: bool) -> None:
@@ -347,6 +485,8 @@ class SessionCore:
             return self._protocol_error(replies.NEED_HELO)
         if SessionState.MAIL <= self.state <= SessionState.DATA:
             return self._protocol_error(replies.SENDER_ALREADY_SPECIFIED)
+        if self.config.require_auth and self.session.authenticated_user is None:
+            return self._refuse(replies.AUTH_REQUIRED)
         arguments = parse_mail(argument)
         if arguments.size is not None and arguments.size > self.config.declared_size_limit:
             return self._refuse(replies.SIZE_EXCEEDED)
@@ -430,6 +570,111 @@ class SessionCore:
         self._out.append(replies.HELP.wire)
         return None
 
+    # STARTTLS (RFC 3207)
+
+    def _on_starttls(self, argument: bytes) -> Event | None:
+        if self.tls:
+            return self._protocol_error(
+                replies.NO_ARGUMENTS if argument else replies.TLS_ALREADY_ACTIVE
+            )
+        if not self._starttls:
+            return self._protocol_error(replies.UNKNOWN_COMMAND)
+        if argument:
+            return self._protocol_error(replies.NO_ARGUMENTS)
+        self._out.append(replies.READY_TO_START_TLS.wire)
+        # CVE-2011-0411: whatever the client pipelined after STARTTLS is plaintext that an
+        # attacker may have injected; it is dropped, never run inside the TLS session.
+        self.discarded_after_starttls = self._reader.discard_buffered()
+        self._tls_pending = True
+        return START_TLS
+
+    # AUTH (RFC 4954) with PLAIN (RFC 4616) and LOGIN
+
+    def _auth_offered(self) -> bool:
+        return bool(self.config.auth_mechanisms) and (
+            self.tls or (self.config.allow_plaintext_auth and not self._tls_required)
+        )
+
+    def _on_auth(self, argument: bytes) -> Event | None:
+        if not self.config.auth_mechanisms:
+            return self._protocol_error(replies.UNKNOWN_COMMAND)
+        if not self._auth_offered():
+            return self._protocol_error(replies.AUTH_NEEDS_TLS)
+        if self.state is SessionState.GREETED:
+            return self._protocol_error(replies.NEED_HELO)
+        if self.session.authenticated_user is not None:
+            return self._protocol_error(replies.ALREADY_AUTHENTICATED)
+        if self.state.in_transaction:
+            return self._protocol_error(replies.AUTH_IN_TRANSACTION)
+        name, _, initial = argument.partition(b" ")
+        if not name:
+            return self._protocol_error(replies.AUTH_SYNTAX)
+        mechanism = name.upper().decode("ascii", "replace")
+        if mechanism not in self.config.auth_mechanisms:
+            return self._protocol_error(replies.AUTH_UNKNOWN_MECHANISM)
+
+        exchange = _AuthExchange(mechanism)
+        initial = initial.strip(b" ")
+        if initial:
+            # RFC 4954 §4: "=" stands for an initial response of zero length.
+            return self._auth_response(exchange, b"" if initial == b"=" else initial)
+        self._auth = exchange
+        if mechanism == "LOGIN":
+            self._out.append(replies.AUTH_USERNAME_CHALLENGE.wire)
+        else:
+            self._out.append(replies.AUTH_EMPTY_CHALLENGE)
+        return None
+
+    def _on_auth_line(self, line: bytes) -> Event | None:
+        exchange = self._auth
+        assert exchange is not None
+        self._auth = None
+        self._verb = b"AUTH"
+        if line == b"*":
+            return self._auth_failed(replies.AUTH_CANCELLED)
+        return self._auth_response(exchange, line)
+
+    def _auth_response(self, exchange: _AuthExchange, encoded: bytes) -> Event | None:
+        """Take one base64 response of the client; ask for more or return ``AuthAttempt``."""
+        self._verb = b"AUTH"
+        try:
+            decoded = base64.b64decode(encoded, validate=True)
+            if exchange.mechanism == "PLAIN":
+                return self._auth_plain(decoded)
+            text = decoded.decode("utf-8")
+        except (binascii.Error, ValueError):
+            # Never say more than the reply: the data may hold a password, even malformed.
+            return self._auth_failed(replies.AUTH_BAD_DATA)
+
+        if exchange.username is None:
+            if not text:
+                return self._auth_failed(replies.AUTH_BAD_DATA)
+            exchange.username = text
+            self._auth = exchange
+            self._out.append(replies.AUTH_PASSWORD_CHALLENGE.wire)
+            return None
+        self.pending = AuthAttempt("LOGIN", exchange.username, text, None)
+        return self.pending
+
+    def _auth_plain(self, decoded: bytes) -> Event | None:
+        # RFC 4616 §2: [authzid] NUL authcid NUL passwd, in UTF-8. Raises ValueError if not.
+        parts = decoded.split(b"\0")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ValueError("malformed PLAIN response")
+        authzid, username, password = (part.decode("utf-8") for part in parts)
+        acting_as = authzid if authzid and authzid != username else None
+        self.pending = AuthAttempt("PLAIN", username, password, acting_as)
+        return self.pending
+
+    def _auth_failed(self, reply: Reply) -> Event | None:
+        """Refuse an AUTH exchange; close once a client has failed too often."""
+        self._verb = b"AUTH"
+        self._refuse(reply)
+        self.auth_failures += 1
+        if self.auth_failures >= self.config.max_auth_failures:
+            self.close(replies.TOO_MANY_AUTH_FAILURES, "too many authentication failures")
+        return None
+
     # Transaction bookkeeping
 
     def _open_transaction(self, arguments: MailArguments) -> None:
@@ -459,4 +704,9 @@ _HANDLERS: dict[bytes, Callable[[SessionCore, bytes], Event | None]] = {
     b"VRFY": SessionCore._on_vrfy,
     b"EXPN": SessionCore._on_expn,
     b"HELP": SessionCore._on_help,
+    b"STARTTLS": SessionCore._on_starttls,
+    b"AUTH": SessionCore._on_auth,
 }
+
+# RFC 3207 §4: what a client may do before TLS when the server requires it.
+_ALLOWED_BEFORE_TLS = frozenset({b"EHLO", b"HELO", b"STARTTLS", b"NOOP", b"RSET", b"QUIT"})

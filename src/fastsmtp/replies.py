@@ -161,3 +161,29 @@ HELP = Reply(
     "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY EXPN HELP",
     "End of HELP info",
 )
+
+# TLS (RFC 3207, RFC 8314)
+READY_TO_START_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
+TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+
+# Authentication (RFC 4954 §4, §6)
+AUTH_SUCCEEDED = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_TEMPORARY_FAILURE = Reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
+AUTH_BAD_DATA = Reply(501, "5.5.2", "Invalid authentication data: not base64 or malformed")
+AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
+TOO_MANY_AUTH_FAILURES = Reply(
+    421, "4.7.0", "Too many authentication failures, closing connection"
+)
+# Challenges: LOGIN asks "Username:" then "Password:" in base64; PLAIN sends an empty one,
+# which RFC 4954 §4 writes "334 " with its space (a Reply would trim it).
+AUTH_USERNAME_CHALLENGE = Reply(334, None, "VXNlcm5hbWU6")
+AUTH_PASSWORD_CHALLENGE = Reply(334, None, "UGFzc3dvcmQ6")
+AUTH_EMPTY_CHALLENGE = b"334 \r\n"
