@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import importlib.util
 import mailbox
 import os
 import re
@@ -85,7 +86,11 @@ def test_version_names_the_twin(cli_twin: str) -> None:
     result = run_command("--version", **env)
 
     assert result.returncode == 0, result.stderr
-    expected = f"fastsmtp {fastsmtp.__version__} (hot path: {cli_twin}, loop: asyncio)\n"
+    uvloop = "yes" if importlib.util.find_spec("uvloop") is not None else "no"
+    expected = (
+        f"fastsmtp {fastsmtp.__version__} (hot path: {cli_twin}, loop: asyncio, "
+        f"uvloop available: {uvloop})\n"
+    )
     assert result.stdout == expected
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import re
@@ -89,8 +90,16 @@ class StdoutSink(MessageSink):
 
 
 def version_text() -> str:
-    """Return the ``--version`` line: version, twin of the hot path and event loop."""
-    return f"fastsmtp {__version__} (hot path: {IMPLEMENTATION}, loop: asyncio)"
+    """Return the ``--version`` line: version, twin of the hot path and event loop.
+
+    The command always serves on asyncio's own loop; whether uvloop is installed (for
+    ``event_loop="uvloop"`` in programs that embed the server) is said beside it.
+    """
+    uvloop = "yes" if importlib.util.find_spec("uvloop") is not None else "no"
+    return (
+        f"fastsmtp {__version__} (hot path: {IMPLEMENTATION}, loop: asyncio, "
+        f"uvloop available: {uvloop})"
+    )
 
 
 def _port(text: str) -> int:
