@@ -142,7 +142,7 @@ expect "installed wheel tag" "$(in_venv "$venv_py" 'from importlib import metada
 print(metadata.distribution("fastsmtp").read_text("WHEEL").split("Tag: ")[1].strip())')" \
     py3-none-any
 expect "fastsmtp --version" "$("$venv_py/fastsmtp" --version)" \
-    "fastsmtp $version (hot path: py, loop: asyncio, uvloop available: yes)"
+    "fastsmtp $version (hot path: py, loop: uvloop, uvloop available: yes)"
 # A deliberate pure run: without the flag the suite rightly fails on the missing compiled twin.
 (cd "$work" && FASTSMTP_NO_EXTENSIONS=1 "$venv_py/python" -m pytest "$tree/tests" -x -q \
     -p no:cacheprovider)

@@ -80,18 +80,38 @@ def run_command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 # Options that end the command at once
 
 
-def test_version_names_the_twin(cli_twin: str) -> None:
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+DEFAULT_LOOP = "uvloop" if HAVE_UVLOOP else "asyncio"  # what --loop auto should pick
+
+
+def test_version_names_the_twin_and_the_default_loop(cli_twin: str) -> None:
     env = {"FASTSMTP_NO_EXTENSIONS": "1" if cli_twin == "py" else ""}
 
     result = run_command("--version", **env)
 
     assert result.returncode == 0, result.stderr
-    uvloop = "yes" if importlib.util.find_spec("uvloop") is not None else "no"
     expected = (
-        f"fastsmtp {fastsmtp.__version__} (hot path: {cli_twin}, loop: asyncio, "
-        f"uvloop available: {uvloop})\n"
+        f"fastsmtp {fastsmtp.__version__} (hot path: {cli_twin}, loop: {DEFAULT_LOOP}, "
+        f"uvloop available: {'yes' if HAVE_UVLOOP else 'no'})\n"
     )
     assert result.stdout == expected
+
+
+def test_without_uvloop_the_default_is_asyncio_and_asking_for_it_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # None in sys.modules makes any import of uvloop fail, as when it is not installed.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+
+    assert cli.version_text() == (
+        f"fastsmtp {fastsmtp.__version__} (hot path: {fastsmtp.IMPLEMENTATION}, "
+        "loop: asyncio, uvloop available: no)"
+    )
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--port", "0", "--loop", "uvloop"])
+
+    assert exited.value.code == 2
+    assert "--loop uvloop: uvloop is not installed" in capsys.readouterr().err
 
 
 def test_help_names_the_defaults() -> None:
@@ -116,6 +136,9 @@ def test_help_names_the_defaults() -> None:
         ["-v", "-q"],
         ["--preferred-max-message-size", "2K", "--max-message-size", "1K"],
         ["--hostname", "two words"],
+        ["--loop", "bogus"],
+        ["--loop", "UVLOOP"],
+        ["--loop"],
     ],
 )
 def test_invalid_arguments_exit_with_status_2(
@@ -199,6 +222,35 @@ def test_stdout_writes_each_message_after_a_separator(
     )
     assert "storing messages in standard output" in process.log_text()
     assert not (tmp_path / "Maildir").exists()
+
+
+# Event loops
+
+
+@needs_signals
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop", "auto"])
+def test_each_loop_serves_and_stops(
+    cli_twin: str, cli_launcher: CLILauncher, tmp_path: Path, loop: str
+) -> None:
+    if loop == "uvloop" and not HAVE_UVLOOP:
+        pytest.skip("uvloop is not installed")
+    in_use = DEFAULT_LOOP if loop == "auto" else loop
+    process = cli_launcher.start(
+        "--port", "0", "--maildir", str(tmp_path), "--loop", loop, twin=cli_twin
+    )  # fmt: skip
+    message = make_message(f"served on {loop}", "hello")
+
+    # The startup line names the loop, and so does the server, which asks the running loop.
+    process.wait_for_line(rf"\(hot path: {cli_twin}\), loop: {in_use}; Ctrl-C to stop$")
+    process.wait_for_line(rf" INFO fastsmtp\.server: listening on .*, loop: {in_use}\)$")
+    with connect(process) as client:
+        client.sendmail(SENDER, RECIPIENTS, message)
+    process.signal(signal.SIGINT)
+
+    assert process.wait() == 0
+    assert stored_messages(tmp_path) == [message]
+    assert "received SIGINT: stopping" in process.log_text()
+    assert "Traceback" not in process.log_text()
 
 
 # Logging

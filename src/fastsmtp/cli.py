@@ -5,6 +5,12 @@ Messages go to a Maildir (``./Maildir`` unless ``--maildir`` names another) or, 
 Ctrl-C stops the server gracefully: it stops accepting connections and lets transactions
 in flight finish; a second signal exits at once.
 
+With ``--tls-cert`` (and ``--tls-key``) the main port offers STARTTLS, and ``--tls-port`` adds
+a port that speaks TLS from the first byte. ``--auth-users`` names a file of ``user:hash``
+lines, each printed by ``fastsmtp --hash-password USER``, against which AUTH PLAIN and LOGIN
+are checked. The command serves on uvloop when it is installed, unless ``--loop`` says
+otherwise.
+
 Everything the command says goes to standard error, so that ``--stdout`` output holds
 nothing but messages.
 """
@@ -13,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import functools
+import getpass
+import importlib
 import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
@@ -26,15 +35,20 @@ from typing import Any
 from . import IMPLEMENTATION, __version__
 from .events import IncomingMail
 from .maildir import MaildirSink, MessageSink
-from .server import SMTPServer, smtp_server
+from .passwords import PasswordFile, hash_password
+from .server import SMTPServer, new_event_loop, smtp_server
+from .tls import CLIENT_CERT_MODES, server_tls_context
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAILDIR",
     "DEFAULT_PORT",
+    "LOOPS",
     "StdoutSink",
     "build_parser",
+    "default_loop",
     "main",
+    "uvloop_available",
     "version_text",
 ]
 
@@ -43,6 +57,9 @@ cli_log = logging.getLogger("fastsmtp.cli")
 DEFAULT_PORT = 8025
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAILDIR = "Maildir"
+
+#: What ``--loop`` may say; "auto" is uvloop when it can be imported, else asyncio's own loop.
+LOOPS = ("auto", "uvloop", "asyncio")
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -89,15 +106,30 @@ class StdoutSink(MessageSink):
             return f"stdout #{self._count}"
 
 
+def uvloop_available() -> bool:
+    """Tell whether uvloop can be imported, and so whether ``--loop auto`` would use it."""
+    try:
+        importlib.import_module("uvloop")
+    except ImportError:
+        return False
+    return True
+
+
+def default_loop() -> str:
+    """Name the loop the command serves on without ``--loop``: "uvloop" or "asyncio"."""
+    return "uvloop" if uvloop_available() else "asyncio"
+
+
 def version_text() -> str:
     """Return the ``--version`` line: version, twin of the hot path and event loop.
 
-    The command always serves on asyncio's own loop; whether uvloop is installed (for
-    ``event_loop="uvloop"`` in programs that embed the server) is said beside it.
+    ``loop`` names the loop the command serves on by default (``--loop auto``); whether
+    uvloop is installed is said beside it, as it also serves ``--loop uvloop``.
     """
-    uvloop = "yes" if importlib.util.find_spec("uvloop") is not None else "no"
+    loop = default_loop()
+    uvloop = "yes" if loop == "uvloop" else "no"
     return (
-        f"fastsmtp {__version__} (hot path: {IMPLEMENTATION}, loop: asyncio, "
+        f"fastsmtp {__version__} (hot path: {IMPLEMENTATION}, loop: {loop}, "
         f"uvloop available: {uvloop})"
     )
 
@@ -142,6 +174,17 @@ def _seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"seconds must be positive and finite, got {text!r}")
     return value
+
+
+def _user_name(text: str) -> str:
+    # What one line of a password file can hold and give back unchanged (PasswordFile.parse
+    # strips lines and skips those starting with #).
+    if not text or text != text.strip() or not text.isprintable() or text.startswith("#"):
+        raise argparse.ArgumentTypeError(
+            f"not a usable user name: {text!r} (printable, no space at either end, "
+            "not starting with #)"
+        )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +300,84 @@ def build_parser() -> argparse.ArgumentParser:
         help="messages with a CR or LF outside CRLF: keep as received, reject with 550 "
         "5.5.2, or normalize to CRLF (default: keep)",
     )
+    options.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="event loop to serve on; auto is uvloop when installed, else asyncio's own "
+        f"(default: auto, here {default_loop()})",
+    )
+
+    tls = parser.add_argument_group(
+        "TLS", "STARTTLS (RFC 3207) on --port, and implicit TLS (RFC 8314) on --tls-port"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM file with the server's certificate followed by its chain; enables TLS",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="PEM file with the certificate's private key (default: read from --tls-cert)",
+    )
+    tls.add_argument(
+        "--tls-port",
+        type=_port,
+        metavar="PORT",
+        help="also listen on PORT, on the same addresses, with TLS from the first byte "
+        "(465 by convention; 0 picks a free one)",
+    )
+    tls.add_argument(
+        "--require-tls",
+        action="store_true",
+        help="refuse MAIL, RCPT, DATA and AUTH with 530 5.7.0 until the client started TLS",
+    )
+    tls.add_argument(
+        "--client-certs",
+        choices=tuple(CLIENT_CERT_MODES),
+        default="none",
+        help="ask clients for a certificate: not at all, optionally (verified if given), or "
+        "required, failing the handshake without one (default: none)",
+    )
+    tls.add_argument(
+        "--client-ca",
+        metavar="FILE",
+        help="PEM file of the authorities that sign client certificates (default: the system's)",
+    )
+
+    auth = parser.add_argument_group(
+        "authentication",
+        "AUTH PLAIN and LOGIN (RFC 4954), offered over TLS only unless --allow-plaintext-auth",
+    )
+    auth.add_argument(
+        "--auth-users",
+        metavar="FILE",
+        help="file of user:hash lines, each printed by --hash-password; enables AUTH",
+    )
+    auth.add_argument(
+        "--require-auth",
+        action="store_true",
+        help="refuse MAIL with 530 5.7.0 until the client has authenticated",
+    )
+    auth.add_argument(
+        "--allow-plaintext-auth",
+        action="store_true",
+        help="offer AUTH before TLS too, letting passwords cross the network in clear",
+    )
+    auth.add_argument(
+        "--max-auth-failures",
+        type=_count,
+        metavar="N",
+        help="failed AUTH attempts per connection before 421 4.7.0 and a close (default: 3)",
+    )
+    auth.add_argument(
+        "--hash-password",
+        type=_user_name,
+        metavar="USER",
+        help="read a password (prompted for on a terminal, else one line of standard "
+        "input), print the USER:hash line for --auth-users, and exit",
+    )
 
     output = parser.add_argument_group("logging").add_mutually_exclusive_group()
     output.add_argument("-v", "--verbose", action="store_true", help="log debugging details too")
@@ -277,8 +398,181 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_connections_per_address",
         "max_errors",
         "bare_line_endings",
+        "require_tls",
+        "allow_plaintext_auth",
+        "require_auth",
+        "max_auth_failures",
     )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse flags that need a flag not given, or that contradict another (exit status 2)."""
+    if (
+        args.preferred_max_message_size is not None
+        and args.max_message_size is not None
+        and args.preferred_max_message_size > args.max_message_size
+    ):
+        parser.error("--preferred-max-message-size must not exceed --max-message-size")
+
+    needs_cert = [
+        ("--tls-key", args.tls_key is not None),
+        ("--tls-port", args.tls_port is not None),
+        ("--require-tls", args.require_tls),
+        (f"--client-certs {args.client_certs}", args.client_certs != "none"),
+    ]
+    for flag, given in needs_cert:
+        if given and args.tls_cert is None:
+            parser.error(f"{flag} needs --tls-cert")
+    if args.client_ca is not None and args.client_certs == "none":
+        parser.error("--client-ca needs --client-certs optional or required")
+    if args.tls_port is not None and args.tls_port == args.port != 0:
+        parser.error("--tls-port must differ from --port")
+
+    needs_users = [
+        ("--require-auth", args.require_auth),
+        ("--allow-plaintext-auth", args.allow_plaintext_auth),
+        ("--max-auth-failures", args.max_auth_failures is not None),
+    ]
+    for flag, given in needs_users:
+        if given and args.auth_users is None:
+            parser.error(f"{flag} needs --auth-users")
+    if args.auth_users is not None and args.tls_cert is None and not args.allow_plaintext_auth:
+        parser.error(
+            "--auth-users without --tls-cert offers AUTH to nobody, as AUTH is offered over "
+            "TLS only: add --tls-cert (or --allow-plaintext-auth, sending passwords in clear)"
+        )
+    if args.allow_plaintext_auth and args.require_tls:
+        parser.error("--allow-plaintext-auth contradicts --require-tls (AUTH waits for TLS)")
+
+    if args.loop == "uvloop" and not uvloop_available():
+        parser.error("--loop uvloop: uvloop is not installed (pip install 'fastsmtp[uvloop]')")
+
+
+class _CommandError(Exception):
+    """What stops the command before it serves (a file missing or unusable, no password to
+    hash), said in one line: exit status 1, no traceback."""
+
+
+def _check_readable(flag: str, path: str) -> None:
+    # Said before OpenSSL is asked, whose own message for a missing file is only "PEM lib".
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise _CommandError(f"cannot read {flag} {path}: {error.strerror or error}") from None
+
+
+def _holds_certificate(path: str) -> bool:
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        probe.load_verify_locations(cafile=path)
+    except (ssl.SSLError, OSError):
+        return False
+    return True
+
+
+def _explain_tls_failure(args: argparse.Namespace, error: ssl.SSLError) -> str:
+    """Turn OpenSSL's terse reason into which file is wrong and how."""
+    key_flag, key = ("--tls-key", args.tls_key) if args.tls_key else ("--tls-cert", args.tls_cert)
+    if error.reason == "KEY_VALUES_MISMATCH":
+        return f"the key in {key_flag} {key} is not the key of --tls-cert {args.tls_cert}"
+    if not _holds_certificate(args.tls_cert):
+        return f"--tls-cert {args.tls_cert} holds no PEM certificate"
+    if args.client_ca is not None and not _holds_certificate(args.client_ca):
+        return f"--client-ca {args.client_ca} holds no PEM certificate"
+    # OpenSSL says only "PEM lib" when it finds no key, so its reason is kept for the others.
+    detail = f" ({error.reason})" if error.reason else ""
+    hint = "" if args.tls_key else "; name the key's own file with --tls-key"
+    return f"{key_flag} {key} holds no usable PEM private key{detail}{hint}"
+
+
+def _load_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """Build the server's TLS context from the flags; None without ``--tls-cert``.
+
+    Raises:
+        _CommandError: if a file is missing, unreadable or not what it should be.
+    """
+    if args.tls_cert is None:
+        return None
+    for flag, path in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--client-ca", args.client_ca),
+    ):
+        if path is not None:
+            _check_readable(flag, path)
+    try:
+        return server_tls_context(
+            args.tls_cert, args.tls_key, client_certs=args.client_certs, cafile=args.client_ca
+        )
+    except ssl.SSLError as error:
+        raise _CommandError(_explain_tls_failure(args, error)) from None
+    except OSError as error:
+        raise _CommandError(f"cannot load the TLS files: {error}") from None
+
+
+def _load_users(args: argparse.Namespace) -> PasswordFile | None:
+    """Read the ``--auth-users`` file; None without that flag.
+
+    Raises:
+        _CommandError: if the file is missing, unreadable, malformed or lists nobody.
+    """
+    path = args.auth_users
+    if path is None:
+        return None
+    try:
+        users = PasswordFile(path)
+    except OSError as error:
+        raise _CommandError(
+            f"cannot read --auth-users {path}: {error.strerror or error}"
+        ) from None
+    except UnicodeDecodeError:
+        raise _CommandError(f"--auth-users {path} is not UTF-8 text") from None
+    except ValueError as error:
+        # PasswordFile's messages give a line number, never the line: it may hold a password.
+        raise _CommandError(f"--auth-users {path}: {error}") from None
+    if not len(users):
+        raise _CommandError(f"--auth-users {path} lists no user")
+    return users
+
+
+def _read_password(user: str) -> str:
+    """Read the password to hash: twice at a terminal, else one line of standard input.
+
+    Raises:
+        _CommandError: if no password came, it was empty, or the two entries differ.
+    """
+    if sys.stdin is not None and sys.stdin.isatty():
+        try:
+            password = getpass.getpass(f"Password for {user}: ")
+            again = getpass.getpass(f"The same password for {user} again: ")
+        except (EOFError, KeyboardInterrupt):
+            raise _CommandError("no password given") from None
+        if password != again:
+            raise _CommandError("the two passwords differ")
+    else:
+        line = sys.stdin.buffer.readline() if sys.stdin is not None else b""
+        if not line:
+            raise _CommandError("no password on standard input")
+        try:
+            password = line.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError:
+            raise _CommandError("the password on standard input is not UTF-8") from None
+    if not password:
+        raise _CommandError("an empty password is refused")
+    return password
+
+
+def _print_password_line(user: str) -> int:
+    """``--hash-password``: print the ``user:hash`` line for a password file; exit status."""
+    try:
+        password = _read_password(user)
+    except _CommandError as error:
+        print(f"fastsmtp: {error}", file=sys.stderr)
+        return 1
+    print(f"{user}:{hash_password(password)}", flush=True)
+    return 0
 
 
 def _hosts(args: argparse.Namespace) -> str | list[str]:
@@ -343,20 +637,63 @@ class _SignalStop:
             await self._stopping
 
 
+def _describe_endpoints(server: SMTPServer) -> str:
+    """Say where the running server listens and how: ``127.0.0.1:465 (implicit TLS)``."""
+    described = []
+    for endpoint in server.endpoints:
+        if endpoint.implicit_tls:
+            mode = " (implicit TLS)"
+        elif server.tls is not None and endpoint.starttls:
+            mode = " (STARTTLS)"
+        else:
+            mode = ""
+        described += [_format_address(address) + mode for address in endpoint.addresses]
+    return ", ".join(described)
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    # uvloop.Loop lives in uvloop, asyncio's loops in asyncio.unix_events and the like.
+    return type(loop).__module__.partition(".")[0]
+
+
 async def _serve(server: SMTPServer, sink: MessageSink) -> None:
     async with server:
+        loop = asyncio.get_running_loop()
         stopper = _SignalStop(server)
-        stopper.install(asyncio.get_running_loop())
-        addresses = ", ".join(_format_address(address) for address in server.addresses)
+        stopper.install(loop)
         print(
-            f"fastsmtp {__version__} listening on {addresses}, "
+            f"fastsmtp {__version__} listening on {_describe_endpoints(server)}, "
             f"storing messages in {sink.describe()} "
-            f"(hot path: {server.implementation}); Ctrl-C to stop",
+            f"(hot path: {server.implementation}), loop: {_loop_name(loop)}; Ctrl-C to stop",
             file=sys.stderr,
             flush=True,
         )
         await server.serve_forever()
         await stopper.finished()
+
+
+def _settings(args: argparse.Namespace) -> str:
+    """The flags in force, for the DEBUG log: file names, never what the files hold."""
+    files = ("tls_cert", "tls_key", "tls_port", "client_certs", "client_ca", "auth_users")
+    shown = {**_server_options(args), "loop": args.loop}
+    shown.update((name, getattr(args, name)) for name in files)
+    return ", ".join(f"{name}={value}" for name, value in shown.items() if value is not None)
+
+
+def _ports(args: argparse.Namespace) -> str:
+    return f"port {args.port}" + (f" or {args.tls_port}" if args.tls_port is not None else "")
+
+
+def _log_auth(users: PasswordFile, args: argparse.Namespace) -> None:
+    where = "before and after TLS" if args.allow_plaintext_auth else "over TLS only"
+    required = ", required before MAIL" if args.require_auth else ""
+    cli_log.info(
+        "AUTH PLAIN and LOGIN for %d user(s) from %s, %s%s",
+        len(users),
+        users.path,
+        where,
+        required,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -366,25 +703,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments, without the program name; None reads ``sys.argv``.
 
     Returns:
-        0 after a graceful stop, 1 if the server could not start (address in use,
-        Maildir not creatable). Invalid arguments exit with status 2, as argparse does.
+        0 after a graceful stop (or a printed ``--hash-password`` line), 1 if the server
+        could not start (address in use, Maildir not creatable, a TLS or users file missing
+        or unusable) or no password came for ``--hash-password``. Invalid arguments and
+        inconsistent combinations exit with status 2, as argparse does.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (
-        args.preferred_max_message_size is not None
-        and args.max_message_size is not None
-        and args.preferred_max_message_size > args.max_message_size
-    ):
-        parser.error("--preferred-max-message-size must not exceed --max-message-size")
+    if args.hash_password is not None:
+        return _print_password_line(args.hash_password)
+    _check_combinations(parser, args)
 
     try:
         server = smtp_server(args.port, _hosts(args), **_server_options(args))
+        if args.tls_port is not None:
+            server.add_endpoint(args.tls_port, _hosts(args), implicit_tls=True)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
 
     handler = _configure_logging(args)
     try:
+        cli_log.debug("settings: %s", _settings(args))
+        try:
+            server.tls = _load_tls(args)
+            users = _load_users(args)
+        except _CommandError as error:
+            cli_log.error("%s", error)
+            return 1
+        if users is not None:
+            server.auth_listener(users)
+            _log_auth(users, args)
+
         sink: MessageSink
         if args.stdout:
             sink = StdoutSink()
@@ -397,13 +746,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         server.mail_listener(sink)
 
+        # asyncio.run() takes no loop factory before Python 3.12; its Runner does.
+        loop_factory = functools.partial(new_event_loop, args.loop)
         try:
-            asyncio.run(_serve(server, sink))
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(_serve(server, sink))
         except OSError as error:
-            cli_log.error("cannot listen on port %d: %s", args.port, error)
+            cli_log.error("cannot listen on %s: %s", _ports(args), error)
             return 1
         except KeyboardInterrupt:
-            # Only where the loop has no signal handlers: asyncio.run has already let the
+            # Only where the loop has no signal handlers: the runner has already let the
             # server stop gracefully before raising this.
             pass
         return 0
