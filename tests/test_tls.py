@@ -924,7 +924,11 @@ def test_server_tls_context_settings(tls_files: TLSFiles) -> None:
         )
         assert context.verify_mode == verify
     with pytest.raises(ValueError, match="client_certs must be one of"):
-        server_tls_context(tls_files.cert_file, tls_files.key_file, client_certs="always")  # type: ignore[arg-type]
+        server_tls_context(
+            tls_files.cert_file,
+            tls_files.key_file,
+            client_certs="always",  # type: ignore[arg-type]
+        )
     with pytest.raises(ssl.SSLError):
         server_tls_context(tls_files.ca_file)  # a certificate without its key
 
