@@ -196,3 +196,45 @@ def test_refusal_codes_match_rfc_5321() -> None:
     assert (replies.MAIL_SYNTAX.code, replies.RCPT_SYNTAX.code) == (501, 501)
     assert (replies.BAD_SENDER.code, replies.BAD_RECIPIENT.code) == (553, 553)
     assert replies.BAD_PARAMETER.code == 555
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "alice@[IPv6:::1]",
+        "alice@[IPv6:2001:db8:0:0:0:0:0:1]",
+        "alice@[IPv6:::ffff:192.0.2.1]",
+        "alice@[ipv6:FE80::1]",
+        "alice@[x-tag:some.content]",
+    ],
+)
+def test_address_literals_accepted(address: str) -> None:
+    assert parse_mail(b"FROM:<" + address.encode() + b">").address == address
+
+
+@pytest.mark.parametrize(
+    "mailbox",
+    [
+        b"alice@[IPv6:1:2:3:4:5:6:7:8:9]",  # nine groups
+        b"alice@[IPv6:1::2::3]",  # two "::"
+        b"alice@[IPv6:fe80::1%eth0]",  # a scope id is no part of the grammar
+        b"alice@[IPv6:12345::1]",  # a group of five digits
+        b"alice@[IPv6:]",
+        b"alice@[x_tag:content]",  # the tag is an Ldh-str
+        b"alice@[x-:content]",  # which cannot end with a hyphen
+        b"@:alice@example.org",  # an empty source route
+        b"@relay.example,alice@example.org",  # no colon after the route
+        b"@relay..example:alice@example.org",  # a bad domain in the route
+        b"@relay.example,other.example:alice@example.org",  # a hop without its "@"
+    ],
+)
+def test_malformed_literals_and_routes_are_bad_addresses(mailbox: bytes) -> None:
+    assert refused(parse_mail, b"FROM:<" + mailbox + b">") == replies.BAD_SENDER
+
+
+@pytest.mark.parametrize("value", [b"a b", b"a=b", b"\x01", b"\xc3\xa9"])
+def test_esmtp_values_are_printable_ascii_without_equals(value: bytes) -> None:
+    # RFC 5321 esmtp-value: %d33-60 / %d62-126. A space splits the word, so "a b" leaves "b"
+    # as a parameter of its own, which no extension of ours knows.
+    argument = b"FROM:<alice@example.org> AUTH=" + value
+    assert refused(parse_mail, argument) == replies.BAD_PARAMETER

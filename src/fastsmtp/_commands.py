@@ -6,6 +6,8 @@ expressions: this runs once per MAIL and per RCPT.
 
 from __future__ import annotations
 
+import ipaddress
+
 from . import replies
 from .errors import CommandError
 
@@ -18,7 +20,9 @@ _LET_DIG_HYPHEN = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 _UTF8_BYTES = bytes(range(0x80, 0x100))  # RFC 6531: allowed in addresses under SMTPUTF8
 _DOT_STRING = (_ATEXT + b".", _ATEXT + b"." + _UTF8_BYTES)
 _DOMAIN = (_LET_DIG_HYPHEN + b".", _LET_DIG_HYPHEN + b"." + _UTF8_BYTES)
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+_IPV6_CHARACTERS = b"0123456789abcdefABCDEF:."
+# RFC 5321 §4.1.2: esmtp-value is printable US-ASCII without "=" (xtext encodes one as +3D).
+_ESMTP_VALUE = bytes(range(0x21, 0x7F)).replace(b"=", b"")
 _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 
 
@@ -105,7 +109,7 @@ def _split_path(
     params = []
     for word in tail.split():
         name, equals, value = word.partition(b"=")
-        if not name or (equals and not value):
+        if not name or (equals and (not value or value.translate(None, _ESMTP_VALUE))):
             raise CommandError(replies.BAD_PARAMETER)
         try:
             params.append(
@@ -149,9 +153,10 @@ def _parse_mailbox(path: bytes, smtputf8: bool, invalid: replies.Reply) -> str:
     """Validate ``<[source-route:]local@domain>`` and return ``local@domain``."""
     mailbox = path[1:-1]
     if mailbox.startswith(b"@"):
-        # RFC 5321 §4.1.2 / Appendix C: a source route is accepted and ignored.
+        # RFC 5321 §4.1.2 / Appendix C: a source route (A-d-l) is accepted and ignored, but
+        # only a well-formed one: "@" domain, comma-separated, then a colon.
         colon = mailbox.find(b":")
-        if colon < 0:
+        if colon < 0 or not _valid_source_route(mailbox[:colon], smtputf8):
             raise CommandError(invalid)
         mailbox = mailbox[colon + 1 :]
 
@@ -175,6 +180,13 @@ def _parse_mailbox(path: bytes, smtputf8: bool, invalid: replies.Reply) -> str:
     return text
 
 
+def _valid_source_route(route: bytes, smtputf8: bool) -> bool:
+    """True if ``route`` is ``@domain`` or several of them separated by commas."""
+    return all(
+        hop.startswith(b"@") and _valid_domain(hop[1:], smtputf8) for hop in route.split(b",")
+    )
+
+
 def _valid_local_part(local: bytes, smtputf8: bool) -> bool:
     if local.startswith(b'"'):
         return _valid_quoted_string(local, smtputf8)
@@ -184,7 +196,8 @@ def _valid_local_part(local: bytes, smtputf8: bool) -> bool:
 def _dotted(text: bytes, allowed: bytes) -> bool:
     """True if ``text`` is dot-separated, non-empty runs of ``allowed`` bytes."""
     return (
-        not text.translate(None, allowed)
+        bool(text)
+        and not text.translate(None, allowed)
         and not text.startswith(b".")
         and not text.endswith(b".")
         and b".." not in text
@@ -226,14 +239,28 @@ def _valid_address_literal(literal: bytes) -> bool:
         return False
     inner = literal[1:-1]
     if inner[:5].upper() == b"IPV6:":
-        groups = inner[5:]
-        return bool(groups) and all(c in _HEX or c in b":." for c in groups) and b":" in groups
+        return _valid_ipv6(inner[5:])
     if b":" in inner:
+        # General-address-literal: Standardized-tag (an Ldh-str) ":" 1*dcontent.
         tag, _, content = inner.partition(b":")
         return (
             bool(tag)
+            and not tag.translate(None, _LET_DIG_HYPHEN)
+            and not tag.endswith(b"-")
             and bool(content)
             and all(0x21 <= c <= 0x7E and c not in b"[]\\" for c in content)
         )
     parts = inner.split(b".")
     return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
+
+
+def _valid_ipv6(text: bytes) -> bool:
+    """RFC 5321 IPv6-addr, full or compressed, with or without a trailing IPv4 part."""
+    # Only hex digits, colons and dots: this keeps out the "%scope" ipaddress would allow.
+    if not text or text.translate(None, _IPV6_CHARACTERS):
+        return False
+    try:
+        ipaddress.IPv6Address(text.decode("ascii"))
+    except ValueError:
+        return False
+    return True
