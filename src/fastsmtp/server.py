@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any, Generic, Self, TypeVar, overload
 
 from . import _wire
+from ._accept_errors import AcceptErrorReporter
 from ._protocol import Listener, SMTPProtocol, is_coroutine_listener
 from ._session import (
     BARE_LINE_ENDINGS,
@@ -301,6 +302,7 @@ class SMTPServer:
         self._timeout_seconds = 60.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
+        self._accept_errors: AcceptErrorReporter | None = None
         self._connections: set[SMTPProtocol] = set()
         self._per_address: dict[object, int] = {}
         self._closing = False
@@ -593,6 +595,8 @@ class SMTPServer:
                 endpoint._servers = []
             raise
         self._primary = endpoints[0]
+        self._accept_errors = AcceptErrorReporter(self._loop, self._listening_fds)
+        self._accept_errors.install()
         self._running = True
         if not self._mail_listeners:
             server_log.warning("no mail_listener registered: messages are accepted and dropped")
@@ -696,6 +700,9 @@ class SMTPServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers = []
+        if self._accept_errors is not None:
+            self._accept_errors.uninstall()
+            self._accept_errors = None
         for endpoint in self.endpoints:
             endpoint._servers = []
         if self._executor is not None:
@@ -714,7 +721,14 @@ class SMTPServer:
     def _next_session_id(self) -> str:
         return f"{self._session_prefix}{next(self._session_ids):x}"
 
+    def _listening_fds(self) -> set[int]:
+        """The file descriptors of every listening socket, for the accept error reports."""
+        return {sock.fileno() for server in self._servers for sock in server.sockets}
+
     def _admit(self, connection: SMTPProtocol, peer_host: object) -> bool:
+        reporter = self._accept_errors
+        if reporter is not None and reporter.failures:
+            reporter.accepted()
         if self._closing or len(self._connections) >= self.max_connections:
             return False
         per_address = self.max_connections_per_address
