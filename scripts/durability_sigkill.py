@@ -18,12 +18,17 @@ SIGKILL ends the process, not the machine: the kernel keeps what was written, so
 prove that no 250 goes out before the message is complete in ``new/``; the trace shows the
 fsyncs that carry it through a power loss as well.
 
+``--signal TERM`` sends SIGTERM instead: the graceful shutdown under load. Then, besides the
+checks above, the server must exit with status 0 within its grace period (``--grace``
+seconds, passed on as ``--shutdown-grace``) plus a second.
+
 Bounded by ``--trials`` and by ``--seconds`` for the whole run. Exits non-zero if a message was
 lost, altered or stored twice, or a file in ``new/`` or ``cur/`` is not one that was sent.
 
     python scripts/durability_sigkill.py                   # 50 trials, 4 clients
     python scripts/durability_sigkill.py --trials 5 --seconds 60
     python scripts/durability_sigkill.py --trace-syscalls
+    python scripts/durability_sigkill.py --signal TERM --trials 20
 """
 
 from __future__ import annotations
@@ -194,8 +199,11 @@ async def trial(
     server: subprocess.Popen[bytes],
     args: argparse.Namespace,
     rng: random.Random,
-) -> tuple[Ledger, float]:
-    """Run the clients against ``server`` and SIGKILL it after a random delay."""
+) -> tuple[Ledger, float, str]:
+    """Run the clients against ``server``, signal it after a random delay, wait for its end.
+
+    Returns the ledger, the delay and what went wrong with the server's end ("" if nothing).
+    """
     ledger = Ledger()
     stop = asyncio.Event()
     senders = [
@@ -206,11 +214,22 @@ async def trial(
     ]
     delay = rng.uniform(args.kill_after_min, args.kill_after_max)
     await asyncio.sleep(delay)
-    server.send_signal(signal.SIGKILL)
+    signum = signal.Signals[f"SIG{args.signal}"]
+    server.send_signal(signum)
+    signalled = time.monotonic()
     await asyncio.get_running_loop().run_in_executor(None, server.wait)
+    took = time.monotonic() - signalled
     stop.set()
     await asyncio.wait_for(asyncio.gather(*senders), 30.0)
-    return ledger, delay
+
+    problem = ""
+    if signum is signal.SIGTERM:
+        # A graceful stop: a clean exit, no later than the grace period allows.
+        if server.returncode != 0:
+            problem = f"exit status {server.returncode} after SIGTERM"
+        elif took > args.grace + 1.0:
+            problem = f"took {took:.1f}s to stop after SIGTERM (grace {args.grace}s)"
+    return ledger, delay, problem
 
 
 def print_check(label: str, verdict: Check) -> None:
@@ -231,28 +250,34 @@ def run_trials(args: argparse.Namespace, maildir: Path, logs: Path) -> bool:
     rng = random.Random(args.seed)
     every = Ledger()
     all_good = True
-    done = 0
+    done = bad_stops = 0
     for number in range(1, args.trials + 1):
         if time.monotonic() >= deadline:
             print(f"time bound reached after {done} trials")
             break
         port = soak_common.free_port()
         with (logs / f"trial-{number}.log").open("wb") as log:
-            server = soak_common.start_fastsmtp(
-                port, ["--maildir", str(maildir), "--loop", args.loop], log=log
-            )
-            ledger, delay = asyncio.run(trial(number, port, server, args, rng))
+            options = ["--maildir", str(maildir), "--loop", args.loop]
+            options += ["--shutdown-grace", str(args.grace)]
+            server = soak_common.start_fastsmtp(port, options, log=log)
+            ledger, delay, problem = asyncio.run(trial(number, port, server, args, rng))
         verdict = check(maildir, ledger, every)
-        all_good &= verdict.good
-        if args.verbose or not verdict.good:
-            print_check(f"trial {number} (killed after {delay:.3f}s)", verdict)
+        all_good &= verdict.good and not problem
+        if args.verbose or not verdict.good or problem:
+            print_check(f"trial {number} (SIG{args.signal} after {delay:.3f}s)", verdict)
+        if problem:
+            print(f"    server: {problem}")
+            bad_stops += 1
         every.acked.update(ledger.acked)
         every.in_doubt.update(ledger.in_doubt)
         done += 1
 
     # Every message acknowledged in any trial, checked once more after all the restarts.
     final = check(maildir, every)
-    print(f"trials: {done} (SIGKILL after {args.kill_after_min}-{args.kill_after_max}s each)")
+    print(
+        f"trials: {done} (SIG{args.signal} after {args.kill_after_min}-{args.kill_after_max}s"
+        f" each); unclean or late stops: {bad_stops}"
+    )
     print_check("all trials", final)
     return all_good and final.good and done == args.trials
 
@@ -335,6 +360,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: new)")
     parser.add_argument("--maildir", type=Path, help="Maildir to use and keep (default: temp)")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument(
+        "--signal", choices=("KILL", "TERM"), default="KILL", help="how the server is ended"
+    )
+    parser.add_argument("--grace", type=float, default=5.0, help="--shutdown-grace, seconds")
     parser.add_argument("--trace-syscalls", action="store_true", help="strace one message")
     parser.add_argument("--verbose", action="store_true", help="print every trial's figures")
     args = parser.parse_args(argv)
