@@ -48,9 +48,22 @@ def _chosen_with(value: str | None) -> str:
 
 @pytest.mark.parametrize(
     ("value", "pure"),
-    [("1", True), ("true", True), ("YES", True), (None, False), ("", False), ("0", False)],
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        ("on", True),
+        (" y ", True),
+        (None, False),
+        ("", False),
+        ("0", False),
+        ("off", False),
+        ("False", False),
+        ("n", False),
+    ],
 )
 def test_flag_values(value, pure):
+    # The values scikit-build-core reads as true or false at build time mean the same here.
     compiled_available = CPYTHON and importlib.util.find_spec("fastsmtp._wire_c") is not None
     expected = "py" if pure or not compiled_available else "c"
     assert _chosen_with(value) == expected

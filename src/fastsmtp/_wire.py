@@ -2,7 +2,8 @@
 
 The compiled twin ``fastsmtp._wire_c`` is used on CPython when it imports; the pure-Python
 twin ``fastsmtp._wire_py`` otherwise, or when ``FASTSMTP_NO_EXTENSIONS`` is set to a true
-value ("1", "true" or "yes", in any case). Type checkers always read the Python twin.
+value. True is what the build (scikit-build-core) also takes for true: any value but empty,
+"0", "false", "f", "no", "n" or "off", in any case. Type checkers always read the Python twin.
 ``IMPLEMENTATION`` tells which one was chosen: ``"c"`` or ``"py"``.
 """
 
@@ -27,10 +28,13 @@ __all__ = [
     "split_command",
 ]
 
-_TRUE_VALUES = frozenset({"1", "true", "yes"})
+# The same false values as scikit-build-core's ``if.env`` test, so build and import agree.
+_FALSE_VALUES = frozenset({"", "0", "false", "f", "no", "n", "off"})
 
 #: True when ``FASTSMTP_NO_EXTENSIONS`` asks for the pure-Python twin.
-NO_EXTENSIONS: bool = os.environ.get("FASTSMTP_NO_EXTENSIONS", "").strip().lower() in _TRUE_VALUES
+NO_EXTENSIONS: bool = (
+    os.environ.get("FASTSMTP_NO_EXTENSIONS", "").strip().lower() not in _FALSE_VALUES
+)
 
 if TYPE_CHECKING:
     from ._wire_py import (
