@@ -5,19 +5,20 @@ Starts ``fastsmtp`` (Maildir sink in a temporary directory) on 127.0.0.1 with a 
 in three kinds taken in turn:
 
 - ``command-stall``: sends part of a command a byte at a time, then nothing more. It must be
-  evicted ``connection_timeout`` after its last byte.
+  evicted ``connection_timeout`` after the server's last reply (its greeting): bytes that
+  never complete a command line are no activity.
 - ``data-trickle``: gets to DATA, then sends one byte of content every ``--gap`` seconds
   (faster than the idle timeout, so only the DATA deadline can stop it). It must be evicted
   ``data_timeout`` after its 354.
-- ``command-trickle``: sends an endless command line a byte every ``--gap`` seconds. Nothing
-  in the server bounds one command's time but the idle timeout, so it is expected to be
-  evicted only when ``--command-deadline`` says (default: never within the run), and the run
-  reports how long these were held.
+- ``command-trickle``: sends an endless command line a byte every ``--gap`` seconds (faster
+  than the idle timeout). A command line must arrive whole within ``connection_timeout``, so
+  it must be evicted then, counted from the greeting, like ``command-stall``.
 
 Evicted means a ``421 4.4.2`` reply and then the end of the connection. Lateness is measured
-at the client: the time it read the 421 minus the time it was due, counted from what it sent
-last (its last byte, or its DATA line), which the server can only have received later; so
-lateness includes the round trip, and an eviction before it is early. Meanwhile one normal
+at the client: the time it read the 421 minus the time it was due, counted from the greeting
+it read or the DATA line it sent; so lateness includes the round trip. An eviction is early
+if it comes before the server can have waited its full time: ``connection_timeout`` after the
+client began to connect, or ``data_timeout`` after it sent DATA. Meanwhile one normal
 client sends small messages one after another and every reply it waits for is timed; the same
 is done first with no slow client, for comparison.
 
@@ -55,6 +56,7 @@ class Outcome:
     kind: str
     started: float = 0.0  # when its slow part began: after the greeting, or sending DATA
     due: float | None = None  # monotonic time it should be evicted at; None: not due
+    earliest: float = 0.0  # an eviction before this time is early
     evicted_at: float | None = None  # when it read its 421 (or other final reply)
     reply: bytes = b""
     closed: bool = False  # the server ended the connection after the reply
@@ -106,6 +108,7 @@ async def slow_client(
     """Run one slow client of ``kind`` until it is evicted or the run ends."""
     outcome = Outcome(kind)
     async with gate:
+        connecting = time.monotonic()
         reader, writer = await client.open_session(port)
         if kind == "data-trickle":
             writer.write(b"MAIL FROM:<slow@client.example>\r\n")
@@ -121,17 +124,16 @@ async def slow_client(
     started = outcome.started
     watcher = asyncio.ensure_future(watch_for_eviction(reader, outcome))
     try:
-        if kind == "command-stall":
-            last = await trickle(writer, watcher, b"MAIL FROM:<sta", args.gap, stop_at)
-            outcome.due = last + args.connection_timeout
-        elif kind == "data-trickle":
-            outcome.due = started + args.data_timeout
+        if kind == "data-trickle":
+            outcome.due = outcome.earliest = started + args.data_timeout
             content = b"Subject: slow\r\n\r\n" + b"x" * 100_000
             await trickle(writer, watcher, content, args.gap, stop_at)
         else:
-            if args.command_deadline is not None:
-                outcome.due = started + args.command_deadline
-            await trickle(writer, watcher, b"NOOP " + b"y" * 100_000, args.gap, stop_at)
+            outcome.due = started + args.connection_timeout
+            outcome.earliest = connecting + args.connection_timeout
+            endless = kind == "command-trickle"
+            line = b"NOOP " + b"y" * 100_000 if endless else b"MAIL FROM:<sta"
+            await trickle(writer, watcher, line, args.gap, stop_at)
         await asyncio.wait([watcher], timeout=max(0.0, stop_at - time.monotonic()))
     finally:
         outcome.ended = time.monotonic()
@@ -219,7 +221,7 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> bool:
         held = [o for o in mine if o.evicted_at is None]
         due = [o for o in mine if o.due is not None]
         late = [o for o in due if o.lateness is None or o.lateness > args.tolerance]
-        early = [o for o in due if o.lateness is not None and o.lateness < 0]
+        early = [o for o in due if o.evicted_at is not None and o.evicted_at < o.earliest]
         lateness = sorted(o.lateness for o in evicted if o.lateness is not None)
         line = (
             f"{kind:16} {len(mine):5} clients: {len(evicted)} evicted with 421 4.4.2, "
@@ -233,11 +235,6 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> bool:
                 f"p99 {soak_common.percentile(lateness, 0.99) * 1000:.0f}ms "
                 f"max {lateness[-1] * 1000:.0f}ms"
             )
-        if kind == "command-trickle":
-            # How long a client that never finishes a command line kept its connection.
-            ends = [o.evicted_at if o.evicted_at is not None else o.ended for o in mine]
-            spans = sorted(end - o.started for end, o in zip(ends, mine, strict=True))
-            line += f"; held for {spans[0]:.1f}s to {spans[-1]:.1f}s"
         print(line)
         for odd in other[:3]:
             print(f"    other reply: {odd.reply[:80]!r} closed={odd.closed}")
@@ -252,11 +249,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connection-timeout", type=float, default=2.0, help="server's, s")
     parser.add_argument("--data-timeout", type=float, default=6.0, help="server's, s")
     parser.add_argument("--gap", type=float, default=0.5, help="seconds between bytes")
-    parser.add_argument(
-        "--command-deadline",
-        type=float,
-        help="seconds after which a command trickler is due to be evicted (default: none)",
-    )
     parser.add_argument("--tolerance", type=float, default=1.0, help="allowed lateness, s")
     parser.add_argument("--seconds", type=float, default=40.0, help="time bound of the run")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")

@@ -442,6 +442,31 @@ def test_activity_keeps_the_connection_open(make_server: MakeServer, raw_client:
     assert client.reply() == replies.TIMEOUT.wire
 
 
+@pytest.mark.parametrize(
+    "prefix", [b"NOOP ", b"NOOP " + b"x" * 5000], ids=["short line", "after 500 for its length"]
+)
+def test_a_command_trickled_byte_by_byte_does_not_hold_the_connection(
+    make_server: MakeServer, raw_client: Connect, prefix: bytes
+) -> None:
+    # Bytes that never complete a line are no activity: the line has connection_timeout to
+    # arrive whole, however steadily it trickles (a slowloris between commands).
+    client = raw_client(make_server(connection_timeout=0.8).start())
+    client.send(prefix)
+    if len(prefix) > 4096:
+        assert client.reply() == replies.LINE_TOO_LONG.wire
+    started = time.monotonic()
+    client.sock.settimeout(0.1)
+    reply = b""
+    while not reply and time.monotonic() - started < 5.0:
+        client.send(b"y")
+        try:
+            reply = client.reply()
+        except TimeoutError:
+            continue
+    assert reply == replies.TIMEOUT.wire
+    assert 0.7 < time.monotonic() - started < 2.0
+
+
 def test_a_slow_listener_is_not_an_idle_client(
     make_server: MakeServer, raw_client: Connect
 ) -> None:

@@ -141,7 +141,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         core = self._core
         if core is None:
             return
-        self._last_activity = self._loop.time()
+        if core.state is SessionState.DATA:
+            # Content keeps a client alive (the DATA deadline bounds it); between commands
+            # only a whole command does, in _step_session, so no line can be trickled forever.
+            self._last_activity = self._loop.time()
         if self._tls_early is not None:
             self._tls_early += self._server._receive_buffer[:nbytes]
             return
@@ -157,7 +160,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         core = self._core
         if core is None:
             return
-        self._last_activity = self._loop.time()
+        if core.state is SessionState.DATA:
+            self._last_activity = self._loop.time()  # as in buffer_updated()
         if self._tls_early is not None:
             self._tls_early += data
             return
@@ -226,6 +230,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             event = core.step()
             out = core.take_output()
             if out:
+                # A reply means a whole command (or message) arrived: the client is active.
+                self._last_activity = self._loop.time()
                 transport.write(out)
             if event is None:
                 if core.state is SessionState.DATA and self._data_phase != core.data_phases:

@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--connection-timeout",
         type=_seconds,
         metavar="SECONDS",
-        help="silence allowed from a client before 421 4.4.2 (default: 60)",
+        help="time a client has to send its next whole command line (or, in DATA, more "
+        "content) before 421 4.4.2 (default: 60)",
     )
     options.add_argument(
         "--shutdown-grace",

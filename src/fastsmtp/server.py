@@ -185,8 +185,10 @@ class SMTPServer:
             MAIL FROM gets ``552 5.3.4``. None advertises no size.
         max_message_size: the largest message kept; past it the content is read to its end
             and answered with ``552 5.3.4``. None: 32 MiB, or the preferred size if larger.
-        connection_timeout: seconds (or a ``timedelta``) a client may stay silent before
-            ``421 4.4.2`` and a close.
+        connection_timeout: seconds (or a ``timedelta``) the server waits for the client's
+            next command before ``421 4.4.2`` and a close. Only a whole command line (or
+            message content, in DATA) counts: a line trickled a byte at a time must still
+            arrive within it.
         shutdown_grace: seconds ``stop()`` lets transactions in flight finish.
         data_timeout: seconds one message's content may take to arrive, however steadily a
             client trickles it; then ``421 4.4.2`` and a close.
