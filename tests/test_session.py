@@ -889,7 +889,7 @@ def test_refusals_are_reported_without_arguments(wire: ModuleType) -> None:
     assert core.step() is None
     assert seen == [
         (b"MAIL", replies.NEED_HELO),
-        (b"FROB", replies.UNKNOWN_COMMAND),
+        (b"", replies.UNKNOWN_COMMAND),  # an unknown verb may be a password: not reported
         (b"VRFY", replies.VRFY_DISABLED),
     ]
 

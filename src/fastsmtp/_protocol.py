@@ -493,7 +493,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         session_log.info(
             "%s refused %s: %d %s",
             self._core.session.session_id,
-            verb.decode("ascii", "replace")[:16] or "(empty)",
+            verb.decode("ascii") or "(unknown or no verb)",
             reply.code,
             reply.enhanced or "",
         )

@@ -253,7 +253,7 @@ class SessionCore:
         self._classify = wire.classify_command
         self._out: list[bytes] = []
         self._verb = b""
-        # Told of every refused command (verb and reply, never arguments), if set.
+        # Told of every refused command (its verb if known, else b""; the reply), if set.
         self.on_refuse: Callable[[bytes, Reply], None] | None = None
 
     def __repr__(self) -> str:
@@ -443,7 +443,9 @@ class SessionCore:
         """Send a refusal; returns None so handlers can ``return self._refuse(...)``."""
         self._out.append(reply.wire)
         if self.on_refuse is not None:
-            self.on_refuse(self._verb, reply)
+            # Only a known verb: an unknown "command" may be a password sent out of turn.
+            verb = self._verb
+            self.on_refuse(verb if verb in _HANDLERS else b"", reply)
         return None
 
     def _protocol_error(self, reply: Reply) -> Event | None:
