@@ -70,7 +70,9 @@ class AcceptErrorReporter:
 
     def accepted(self) -> None:
         """Note that a connection was accepted; ends a run of failures with one INFO line."""
-        if self.failures:
+        # Connections accepted in the batch that failed are made just after the failure;
+        # only an accept at asyncio's retry, a second later, shows that resources are back.
+        if self.failures and self._loop.time() - self._last_failure >= _RETRY_DELAY / 2:
             server_log.info("accepting connections again after %d failed accept(s)", self.failures)
             self.failures = 0
             self._unreported = 0
