@@ -705,6 +705,57 @@ def test_handshake_timeout(
     assert len(received) == 2
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_implicit_tls_handshakes_however_early_the_client_hello(
+    make_server: MakeServer, client_tls: ssl.SSLContext, server_tls: ssl.SSLContext, loop: str
+) -> None:
+    # uvloop reads the ClientHello before the handshake task runs: it must reach TLS intact.
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    server = make_server(tls=server_tls, implicit_tls=True, event_loop=loop).start()
+    for _ in range(10):
+        with smtplib.SMTP_SSL(
+            "127.0.0.1", server.bound_port, timeout=CLIENT_TIMEOUT, context=client_tls
+        ) as client:
+            assert client.noop()[0] == 250
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_implicit_tls_connections_count_before_their_handshake(
+    make_server: MakeServer, client_tls: ssl.SSLContext, server_tls: ssl.SSLContext, loop: str
+) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    server = make_server(
+        tls=server_tls,
+        implicit_tls=True,
+        max_connections=2,
+        tls_handshake_timeout=30,
+        shutdown_grace=10,
+        event_loop=loop,
+    ).start()
+    silent = [socket.create_connection(("127.0.0.1", server.bound_port)) for _ in range(2)]
+    deadline = time.monotonic() + CLIENT_TIMEOUT
+    while len(server._connections) < 2:
+        assert time.monotonic() < deadline, "the silent connections were never counted"
+        time.sleep(0.01)
+
+    # Over the limit: closed at once, with no handshake (nor a plaintext 421 it cannot read).
+    over = socket.create_connection(("127.0.0.1", server.bound_port), timeout=CLIENT_TIMEOUT)
+    over.sendall(client_hello(client_tls))
+    assert read_until_closed(over) == b""
+    over.close()
+
+    # stop() ends unfinished handshakes at once: no transaction waits, whatever the grace.
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 5
+    for sock in silent:
+        sock.settimeout(CLIENT_TIMEOUT)
+        assert read_until_closed(sock) == b""
+        sock.close()
+
+
 def test_stop_during_a_handshake(
     make_server: MakeServer, raw_client: Connect, server_tls: ssl.SSLContext
 ) -> None:

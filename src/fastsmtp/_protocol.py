@@ -2,7 +2,8 @@
 
 Everything SMTP is decided in ``_session``; this module moves bytes, keeps time, calls the
 listeners (coroutines on the loop, plain functions in a worker thread) and reports back. It
-also runs the STARTTLS handshake the session asks for, with ``loop.start_tls()``.
+also runs the TLS handshakes, with ``loop.start_tls()``: the one the session asks for with
+STARTTLS, and on an implicit-TLS endpoint the one before the greeting.
 """
 
 from __future__ import annotations
@@ -97,8 +98,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             transport.get_extra_info("sockname"),
         )
         self._opened = time.monotonic()
-        # Implicit TLS: the handshake is already done when the connection is made.
-        session.ssl_object = transport.get_extra_info("ssl_object")
+        implicit_tls = self._endpoint is not None and self._endpoint.implicit_tls
 
         # Refuse before any work when over the limit; the others keep being served.
         peer = session.peer
@@ -106,7 +106,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if not server._admit(self, self._peer_host):
             reply = replies.SHUTTING_DOWN if server._closing else replies.TOO_MANY_CONNECTIONS
             session_log.info("%s refused %r: %s", session.session_id, session.peer, reply.text)
-            transport.write(reply.wire)
+            if not implicit_tls:
+                # An implicit-TLS client could read the reply only after a handshake: the
+                # very work the limit exists to spare. It gets the close alone.
+                transport.write(reply.wire)
             transport.close()
             return
 
@@ -115,7 +118,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             server._config,
             server._wire,
             session,
-            tls=session.is_tls,
+            tls=implicit_tls,
             starttls=server._offers_starttls(self._endpoint),
         )
         if session_log.isEnabledFor(logging.INFO):
@@ -127,11 +130,16 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             session.session_id,
             session.peer,
             session.local,
-            session.tls_version or "no",
+            "implicit" if implicit_tls else "no",
         )
-        transport.write(core.greeting())
         self._last_activity = self._loop.time()
         self._timer = self._loop.call_later(server._timeout_seconds, self._check_idle)
+        if implicit_tls:
+            # The greeting follows the handshake (RFC 8314 §3.3), which has its own timeout.
+            self._tls_early = bytearray()
+            self._task = self._loop.create_task(self._handshake(implicit=True))
+        else:
+            transport.write(core.greeting())
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # Safe to share: the loop fills it and calls buffer_updated() before any other read.
@@ -352,17 +360,25 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 core.session.session_id,
                 core.discarded_after_starttls,
             )
+        # What arrives from now on belongs to the TLS layer (see _handshake), not the session.
+        self._tls_early = bytearray()
         self._task = self._loop.create_task(self._handshake())
 
-    async def _handshake(self) -> None:
+    async def _handshake(self, implicit: bool = False) -> None:
+        """Run a TLS handshake: STARTTLS's, or with ``implicit`` the first thing said."""
         core = self._core
         transport = self._transport
         server = self._server
         assert core is not None and transport is not None and server.tls is not None
         failure = "client closed the connection during the TLS handshake"
+        # Bytes that reached us before start_tls() below took the transport (uvloop reads
+        # before this task runs) are the client's first TLS flight, or garbage that fails the
+        # handshake; never commands. The TLS layer gets them once it is on the transport.
+        before, self._tls_early = self._tls_early, bytearray()
+        if before:
+            self._loop.call_soon(self._hand_to_tls, transport, bytes(before))
         # From here on the transport hands its bytes to the TLS layer, not to us: whatever
         # reaches buffer_updated() now was decrypted after a successful handshake.
-        self._tls_early = bytearray()
         try:
             tls_transport = await self._loop.start_tls(
                 transport,
@@ -391,7 +407,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._reading_paused = self._writing_paused = False
         session = core.session
         session.ssl_object = tls_transport.get_extra_info("ssl_object")
-        core.tls_established()
+        if implicit:
+            tls_transport.write(core.greeting())
+        else:
+            core.tls_established()
         cipher = session.cipher
         session_log.info(
             "%s TLS started: %s %s",
@@ -403,6 +422,28 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if early:
             core.feed(bytes(early))
         self._advance()
+
+    def _hand_to_tls(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Feed ``data`` to the TLS protocol that start_tls() put on ``transport``.
+
+        Runs before that protocol's connection_made(), which start_tls() schedules after
+        this: the TLS layer of asyncio and of uvloop then only keeps the bytes for the
+        handshake it is about to start.
+        """
+        # uvloop's TLS protocol is a buffered protocol in all but its base classes.
+        tls_protocol: Any = transport.get_protocol()
+        if tls_protocol is self or transport.is_closing():
+            return  # start_tls() failed before it took the transport
+        if not hasattr(tls_protocol, "get_buffer"):
+            tls_protocol.data_received(data)
+            return
+        view = memoryview(data)
+        while view:
+            buffer = tls_protocol.get_buffer(len(view))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            tls_protocol.buffer_updated(size)
+            view = view[size:]
 
     def _tls_failed(self, transport: asyncio.Transport, reason: str) -> None:
         """End a connection whose handshake failed; the server serves on."""
@@ -482,6 +523,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 # Mid-handshake: no reply can be sent; the cancelled handshake closes.
                 return
             self._close(replies.SHUTTING_DOWN, "server shutting down")
+            return
+        if self._tls_early is not None and self._task is not None:
+            # Mid-handshake there is no transaction to finish: end it now, as on a force.
+            self._task.cancel()
             return
         core.stop_when_idle()
         if self._task is None:

@@ -611,13 +611,10 @@ class SMTPServer:
 
     async def _bind(self, endpoint: Endpoint, host: str | None, port: int) -> asyncio.Server:
         assert self._loop is not None
-        implicit = endpoint.implicit_tls
+        # Implicit TLS too is accepted as plain TCP: the protocol runs the handshake itself,
+        # after the connection limits, so an unfinished handshake holds a counted slot.
         server = await self._loop.create_server(
-            lambda: SMTPProtocol(self, endpoint),
-            host=host,
-            port=port,
-            ssl=self.tls if implicit else None,
-            ssl_handshake_timeout=self.tls_handshake_timeout if implicit else None,
+            lambda: SMTPProtocol(self, endpoint), host=host, port=port
         )
         ports = {sock.getsockname()[1] for sock in server.sockets}
         if port == 0 and len(ports) > 1:
