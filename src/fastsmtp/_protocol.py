@@ -46,6 +46,10 @@ _FLUSH_SECONDS = 10.0
 Listener = tuple[Callable[[Any], Any], bool]
 
 
+# The clock of idle times and deadlines. Not loop.time(): uvloop's is cached per loop
+# iteration, and a deadline reckoned from a stale start would fall due early.
+_clock = time.monotonic
+
 # Input a connection may pile up while its listener decides, before it stops reading.
 _MAX_PENDING_INPUT = 256 * 1024
 
@@ -132,7 +136,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             session.local,
             "implicit" if implicit_tls else "no",
         )
-        self._last_activity = self._loop.time()
+        self._last_activity = _clock()
         self._timer = self._loop.call_later(server._timeout_seconds, self._check_idle)
         if implicit_tls:
             # The greeting follows the handshake (RFC 8314 §3.3), which has its own timeout.
@@ -152,7 +156,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if core.state is SessionState.DATA:
             # Content keeps a client alive (the DATA deadline bounds it); between commands
             # only a whole command does, in _step_session, so no line can be trickled forever.
-            self._last_activity = self._loop.time()
+            self._last_activity = _clock()
         if self._tls_early is not None:
             self._tls_early += self._server._receive_buffer[:nbytes]
             return
@@ -169,7 +173,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if core is None:
             return
         if core.state is SessionState.DATA:
-            self._last_activity = self._loop.time()  # as in buffer_updated()
+            self._last_activity = _clock()  # as in buffer_updated()
         if self._tls_early is not None:
             self._tls_early += data
             return
@@ -239,12 +243,12 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             out = core.take_output()
             if out:
                 # A reply means a whole command (or message) arrived: the client is active.
-                self._last_activity = self._loop.time()
+                self._last_activity = _clock()
                 transport.write(out)
             if event is None:
                 if core.state is SessionState.DATA and self._data_phase != core.data_phases:
                     self._data_phase = core.data_phases
-                    self._data_deadline = self._loop.time() + self._server.data_timeout
+                    self._data_deadline = _clock() + self._server.data_timeout
                 return
             if isinstance(event, _Close):
                 self._close(None, core.close_reason)
@@ -275,7 +279,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._task = None
         if task.cancelled() or self._transport is None or self._transport.is_closing():
             return
-        self._last_activity = self._loop.time()
+        self._last_activity = _clock()
         self._advance()
         if self._reading_paused and self._task is None and not self._writing_paused:
             self._resume_reading()
@@ -418,7 +422,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             session.tls_version,
             cipher[0] if cipher else "",
         )
-        self._last_activity = self._loop.time()
+        self._last_activity = _clock()
         if early:
             core.feed(bytes(early))
         self._advance()
@@ -460,7 +464,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def _check_idle(self) -> None:
         timeout = self._server._timeout_seconds
-        now = self._loop.time()
+        now = _clock()
         idle = now - self._last_activity
         if self._task is None and idle >= timeout:
             self._close(replies.TIMEOUT, "idle timeout")
