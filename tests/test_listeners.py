@@ -602,6 +602,42 @@ def test_sync_listener_raising_stop_iteration(
     assert client.command(b"MAIL FROM:<alice@example.org>") == replies.LOCAL_ERROR.wire
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("raised", [SystemExit, asyncio.CancelledError])
+def test_listener_raising_a_base_exception_is_a_failure_too(
+    make_server: MakeServer,
+    raw_client: Connect,
+    caplog: pytest.LogCaptureFixture,
+    asynchronous: bool,
+    raised: type[BaseException],
+) -> None:
+    # sys.exit() in a listener, or a CancelledError of its own (an awaited future that
+    # something else cancelled): 451 and one log line, and the server keeps serving.
+    caplog.set_level(logging.ERROR, logger="fastsmtp.listener")
+    server = make_server(connection_timeout=30)
+
+    def quit_now(event: IncomingMail) -> None:
+        raise raised(3) if raised is SystemExit else raised()
+
+    async def quit_now_async(event: IncomingMail) -> None:
+        quit_now(event)
+
+    server.mail_listener(quit_now_async if asynchronous else quit_now)
+    client = raw_client(server.start())
+    client.sock.settimeout(5.0)
+    transaction(client)
+    assert send_message(client) == replies.LOCAL_ERROR.wire
+
+    records = [r for r in caplog.records if r.name == "fastsmtp.listener"]
+    assert len(records) == 1
+    assert records[0].exc_info is not None and records[0].exc_info[0] is raised
+    assert "IncomingMail listener" in records[0].getMessage()
+    assert "quit_now" in records[0].getMessage()
+    assert raw_client(server).command(b"NOOP") == replies.OK.wire
+    server.stop()
+    assert not server.is_running
+
+
 def test_listener_returning_a_value_is_ignored(
     make_server: MakeServer, smtp_client: Connect
 ) -> None:

@@ -304,9 +304,16 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             core.reject(drop.reply, close=True)
         except RejectError as rejection:
             core.reject(rejection.reply)
-        except asyncio.CancelledError:
+        except KeyboardInterrupt:
             raise
-        except Exception as error:  # noqa: BLE001 - a listener may raise anything; logged below
+        except BaseException as error:
+            # Only our own cancellation (stop, a lost connection) ends the task. A listener's
+            # CancelledError or SystemExit is its failure: left to rise, it would leave the
+            # client without a reply, or end the server's loop while its port stays bound.
+            task = asyncio.current_task()
+            ours = task is not None and task.cancelling() > 0
+            if isinstance(error, asyncio.CancelledError) and ours:
+                raise
             if isinstance(exchange, IncomingAuth):
                 # Neither the exception's text nor its traceback: either may quote a password.
                 listener_log.error(
@@ -318,10 +325,12 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 core.reject(replies.AUTH_TEMPORARY_FAILURE)
                 return
             # One line with the traceback; the client gets no exception text (RFC 5321 451).
-            listener_log.exception(
-                "%s listener %r failed",
+            listener_log.error(
+                "%s %s listener %s failed",
                 core.session.session_id,
                 type(exchange).__name__,
+                _name_of(listener),
+                exc_info=error,
             )
             core.reject(replies.LOCAL_ERROR)
         else:
@@ -558,6 +567,12 @@ else:
 
     def _start_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> Any:
         return loop.create_task(coro)
+
+
+def _name_of(listener: Callable[..., Any]) -> str:
+    """Name a listener in a log line: ``module.function``, or its class for a callable."""
+    name = getattr(listener, "__qualname__", None) or type(listener).__qualname__
+    return f"{getattr(listener, '__module__', None) or '?'}.{name}"
 
 
 def _where(error: BaseException) -> str:
