@@ -12,6 +12,7 @@ import email.policy
 import importlib.util
 import mailbox
 import os
+import platform
 import re
 import signal
 import smtplib
@@ -594,3 +595,26 @@ def test_stored_message_parses(tmp_path: Path) -> None:
     assert parsed["Subject"] == "parse me"
     assert parsed["Message-ID"] == "<p@client.test>"
     assert re.fullmatch(r"text\r?\n", parsed.get_content())
+
+
+# Memory tuning of the command's own process
+
+
+def test_mmap_threshold_is_set_on_glibc_unless_the_environment_chooses() -> None:
+    # In a child process: the setting is process-wide.
+    code = "from fastsmtp._memory import use_mmap_for_large_blocks as f; print(f())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+    def run(extra: dict[str, str]) -> str:
+        child = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return child.stdout.strip()
+
+    assert run({}) == str(glibc)
+    assert run({"MALLOC_MMAP_THRESHOLD_": "131072"}) == "False"

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import IMPLEMENTATION, __version__
+from ._memory import MMAP_THRESHOLD, use_mmap_for_large_blocks
 from .events import IncomingMail
 from .maildir import MaildirSink, MessageSink
 from .passwords import PasswordFile, hash_password
@@ -725,6 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = _configure_logging(args)
     try:
         cli_log.debug("settings: %s", _settings(args))
+        if use_mmap_for_large_blocks():
+            cli_log.debug("malloc: blocks of %d octets and more from mmap", MMAP_THRESHOLD)
         try:
             server.tls = _load_tls(args)
             users = _load_users(args)
