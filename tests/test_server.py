@@ -22,7 +22,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from fastsmtp import IncomingMail, SMTPServer, replies, smtp_server
+from fastsmtp import DEFAULT_MAX_MESSAGE_SIZE, IncomingMail, SMTPServer, replies, smtp_server
 
 GREETING = b"220 mx.test ESMTP fastsmtp\r\n"
 MESSAGE = b"From: alice@example.org\r\nSubject: hello\r\n\r\nHello, Bob.\r\n"
@@ -81,6 +81,15 @@ def test_options_as_attributes() -> None:
     server.preferred_max_message_size = 1024
     assert (server.port, server.host, server.max_recipients) == (2525, "127.0.0.1", 5)
     assert (server.max_connections, server.preferred_max_message_size) == (7, 1024)
+
+
+def test_a_misspelt_option_is_an_error() -> None:
+    server = smtp_server(port=0)
+    with pytest.raises(AttributeError, match="no option 'max_recipent'"):
+        server.max_recipent = 5  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        smtp_server(port=0, max_recipent=5)  # type: ignore[call-arg]
+    assert server.max_recipients == 1000
 
 
 INVALID_OPTIONS = [
@@ -283,7 +292,7 @@ def test_greeting_and_ehlo_through_smtplib(make_server: MakeServer, smtp_client:
     assert text.splitlines()[0] == b"mx.test"
     for keyword in ("pipelining", "8bitmime", "smtputf8", "enhancedstatuscodes"):
         assert client.has_extn(keyword), keyword
-    assert not client.has_extn("size")
+    assert client.esmtp_features["size"] == str(DEFAULT_MAX_MESSAGE_SIZE)  # the enforced limit
     assert not client.has_extn("starttls")
     assert client.noop() == (250, b"2.0.0 Ok")
     assert client.quit() == (221, b"2.0.0 Bye")
@@ -343,12 +352,15 @@ def test_message_over_max_message_size(make_server: MakeServer, smtp_client: Con
     received = collect(server)
     server.start()
     client = smtp_client(server)
-    with pytest.raises(smtplib.SMTPDataError) as refused:
+    # The limit is announced, and smtplib declares its size: refused at MAIL already.
+    with pytest.raises(smtplib.SMTPSenderRefused) as early:
         client.sendmail(SENDER, [RECIPIENT], b"x" * 100 + b"\r\n")
-    assert (refused.value.smtp_code, refused.value.smtp_error) == (
-        552,
-        b"5.3.4 Too much mail data",
-    )
+    assert early.value.smtp_code == 552
+    # A client that declares nothing is refused after the content, which was not kept.
+    assert client.esmtp_features["size"] == "64"
+    client.mail(SENDER)
+    client.rcpt(RECIPIENT)
+    assert client.data(b"x" * 100 + b"\r\n") == (552, b"5.3.4 Too much mail data")
     assert received == []
     assert client.sendmail(SENDER, [RECIPIENT], b"short\r\n") == {}
     assert [m.data for m in received] == [b"short\r\n"]

@@ -228,7 +228,7 @@ CONVERSATIONS: dict[str, tuple[bytes, bytes, dict[str, object]]] = {
             GREETING,
             replies.OK,
             replies.OK,
-            replies.VRFY_DISABLED,
+            replies.CANNOT_VRFY,
             replies.EXPN_DISABLED,
             replies.HELP,
             replies.HELP,
@@ -446,18 +446,25 @@ def test_ehlo_keywords(wire: ModuleType) -> None:
     result = talk(wire, [EHLO])
     lines = ehlo_lines(bytes(result.output))
     assert lines[0] == HOST.encode()
-    assert set(lines[1:]) == {b"PIPELINING", b"8BITMIME", b"SMTPUTF8", b"ENHANCEDSTATUSCODES"}
+    assert set(lines[1:]) == {
+        b"PIPELINING",
+        b"8BITMIME",
+        b"SIZE 33554432",
+        b"SMTPUTF8",
+        b"ENHANCEDSTATUSCODES",
+    }
     assert result.core.session.helo == "client.test"
     assert result.core.session.esmtp is True
 
 
-def test_ehlo_size_only_with_preferred_size(wire: ModuleType) -> None:
+def test_ehlo_size_is_the_preferred_size_else_the_enforced_one(wire: ModuleType) -> None:
     lines = ehlo_lines(bytes(talk(wire, [EHLO], preferred_max_message_size=2048).output))
     assert b"SIZE 2048" in lines
     assert {b"PIPELINING", b"8BITMIME", b"SMTPUTF8", b"ENHANCEDSTATUSCODES"} <= set(lines)
-    assert not any(
-        line.startswith(b"SIZE") for line in ehlo_lines(bytes(talk(wire, [EHLO]).output))
-    )
+    # Without a preferred size the enforced limit is announced: a client learns it up front.
+    assert b"SIZE 33554432" in ehlo_lines(bytes(talk(wire, [EHLO]).output))
+    enforced = talk(wire, [EHLO], max_message_size=4096).output
+    assert b"SIZE 4096" in ehlo_lines(bytes(enforced))
 
 
 def test_ehlo_case_insensitive_and_helo_turns_esmtp_off(wire: ModuleType) -> None:
@@ -885,12 +892,12 @@ def test_refusals_are_reported_without_arguments(wire: ModuleType) -> None:
     core = SessionCore(SessionConfig(HOST), wire, Session("t4", PEER, LOCAL))
     seen: list[tuple[bytes, Reply]] = []
     core.on_refuse = lambda verb, reply: seen.append((verb, reply))
-    core.feed(b"MAIL FROM:<secret@example.org>\r\nFROB secret\r\nVRFY secret\r\n")
+    core.feed(b"MAIL FROM:<secret@example.org>\r\nFROB secret\r\nEXPN secret\r\n")
     assert core.step() is None
     assert seen == [
         (b"MAIL", replies.NEED_HELO),
         (b"", replies.UNKNOWN_COMMAND),  # an unknown verb may be a password: not reported
-        (b"VRFY", replies.VRFY_DISABLED),
+        (b"EXPN", replies.EXPN_DISABLED),
     ]
 
 

@@ -226,7 +226,8 @@ simple_commands = st.sampled_from(
         Command("noop", b"NOOP whatever you like"),
         Command("fixed", b"RSET now", reply=replies.NO_ARGUMENTS),
         Command("fixed", b"DATA now", reply=replies.NO_ARGUMENTS),
-        Command("fixed", b"VRFY bob", reply=replies.VRFY_DISABLED),
+        Command("fixed", b"VRFY bob", reply=replies.CANNOT_VRFY),
+        Command("fixed", b"VRFY", reply=replies.VRFY_SYNTAX),
         Command("fixed", b"EXPN staff", reply=replies.EXPN_DISABLED),
         Command("fixed", b"HELP", reply=replies.HELP),
         Command("fixed", b"QUIT now", reply=replies.NO_ARGUMENTS),
@@ -303,8 +304,8 @@ CLOSING_ANSWERS = [
 ]
 decisions = st.sampled_from(ANSWERS * 4 + CLOSING_ANSWERS)
 
-# Refusals of commands that are well formed and in sequence: they cost no error budget.
-NOT_ERRORS = frozenset({replies.VRFY_DISABLED, replies.EXPN_DISABLED, replies.HELP})
+# Replies to commands that are well formed and in sequence: they cost no error budget.
+NOT_ERRORS = frozenset({replies.CANNOT_VRFY, replies.EXPN_DISABLED, replies.HELP})
 
 
 # The model
@@ -467,10 +468,9 @@ class Model:
 
 def ehlo_reply(config: SessionConfig) -> bytes:
     """The EHLO reply, written out: the name, then one extension per line (RFC 5321 §4.1.1.1)."""
-    lines = [HOST, "8BITMIME"]
-    if config.preferred_max_message_size:
-        lines.append(f"SIZE {config.preferred_max_message_size}")
-    lines += ["PIPELINING", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+    # RFC 1870: SIZE tells the preferred size, else the enforced one.
+    size = config.preferred_max_message_size or config.max_message_size
+    lines = [HOST, "8BITMIME", f"SIZE {size}", "PIPELINING", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
     last = len(lines) - 1
     text = "".join(f"250{' ' if i == last else '-'}{line}\r\n" for i, line in enumerate(lines))
     return text.encode()

@@ -40,7 +40,14 @@ RECIPIENT = "bob@example.com"
 MESSAGE = b"From: alice@example.org\r\nSubject: over TLS\r\n\r\nHello, Bob.\r\n"
 EHLO = b"EHLO client.test\r\n"
 EVIL = b"MAIL FROM:<evil@example.net>\r\n"
-BASE_KEYWORDS = [HOST, "8BITMIME", "PIPELINING", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+BASE_KEYWORDS = [
+    HOST,
+    "8BITMIME",
+    "SIZE 33554432",
+    "PIPELINING",
+    "SMTPUTF8",
+    "ENHANCEDSTATUSCODES",
+]
 
 SWAKS = shutil.which("swaks")
 needs_swaks = pytest.mark.skipif(

@@ -98,10 +98,9 @@ class SessionConfig:
 
         self.greeting = Reply(220, None, f"{hostname} ESMTP fastsmtp").wire
         self.helo_reply = Reply(250, None, hostname).wire
-        keywords = [hostname, "8BITMIME"]
-        if preferred_max_message_size:
-            # RFC 1870: the SIZE keyword announces the limit a client should respect.
-            keywords.append(f"SIZE {preferred_max_message_size}")
+        # RFC 1870: SIZE announces the limit a client should respect: the preferred size, or
+        # else the enforced one, so that a client never sends what is bound to be refused.
+        keywords = [hostname, "8BITMIME", f"SIZE {self.declared_size_limit}"]
         keywords += ["PIPELINING", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
         self.ehlo_reply = Reply(250, None, *keywords).wire
         # Keyed by (STARTTLS offered, AUTH offered): RFC 3207 §4.2 drops STARTTLS once TLS
@@ -563,7 +562,10 @@ class SessionCore:
         return None
 
     def _on_vrfy(self, argument: bytes) -> Event | None:
-        return self._refuse(replies.VRFY_DISABLED)
+        if not argument:
+            return self._protocol_error(replies.VRFY_SYNTAX)
+        self._out.append(replies.CANNOT_VRFY.wire)
+        return None
 
     def _on_expn(self, argument: bytes) -> Event | None:
         return self._refuse(replies.EXPN_DISABLED)

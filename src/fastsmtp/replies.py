@@ -117,7 +117,9 @@ RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
 MESSAGE_ACCEPTED = Reply(250, "2.0.0", "Ok")
 START_MAIL_INPUT = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 RESET_OK = Reply(250, "2.0.0", "Ok")
-VRFY_DISABLED = Reply(502, "5.5.1", "VRFY command is disabled")
+# RFC 5321 §7.3: a server that will not verify addresses answers 252, never 250 or 550.
+CANNOT_VRFY = Reply(252, "2.0.0", "Cannot verify the user; a message to it will be tried")
+VRFY_SYNTAX = Reply(501, "5.5.4", "Syntax: VRFY <user or address>")
 EXPN_DISABLED = Reply(502, "5.5.1", "EXPN command is disabled")
 
 # Listener decisions (SimpleKotlinMail's reject() and drop_connection() default)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Generic, Self, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
 from . import _wire
 from ._accept_errors import AcceptErrorReporter
@@ -37,6 +37,8 @@ from .log import server_log
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "SMTPServer", "new_event_loop", "smtp_server"]
 
 T = TypeVar("T")
+S = TypeVar("S")
+P = ParamSpec("P")
 F = TypeVar("F", bound=Callable[..., Any])
 
 # As much as asyncio's selector loop reads at once.
@@ -141,10 +143,14 @@ def _seconds(name: str, value: object) -> float:
     return seconds
 
 
-class _Option(Generic[T]):
-    """A validated server option that cannot change while the server runs."""
+class _Option(Generic[T, S]):
+    """A validated server option that cannot change while the server runs.
 
-    def __init__(self, validate: Callable[[str, object], T]) -> None:
+    ``T`` is the type it is read as, ``S`` what may be assigned (a timeout takes a
+    ``timedelta`` too and is read in seconds), so type checkers catch a wrong assignment.
+    """
+
+    def __init__(self, validate: Callable[[str, S], T]) -> None:
         self._validate = validate
         self._name = ""
 
@@ -152,18 +158,18 @@ class _Option(Generic[T]):
         self._name = name
 
     @overload
-    def __get__(self, obj: None, objtype: type | None = None) -> _Option[T]: ...
+    def __get__(self, obj: None, objtype: type | None = None) -> _Option[T, S]: ...
 
     @overload
     def __get__(self, obj: SMTPServer, objtype: type | None = None) -> T: ...
 
-    def __get__(self, obj: SMTPServer | None, objtype: type | None = None) -> T | _Option[T]:
+    def __get__(self, obj: SMTPServer | None, objtype: type | None = None) -> T | _Option[T, S]:
         if obj is None:
             return self
         value: T = obj._options[self._name]
         return value
 
-    def __set__(self, obj: SMTPServer, value: object) -> None:
+    def __set__(self, obj: SMTPServer, value: S) -> None:
         if obj.is_running:
             raise RuntimeError(f"cannot change {self._name} while the server is running")
         obj._options[self._name] = self._validate(self._name, value)
@@ -176,13 +182,14 @@ class SMTPServer:
     starts; invalid values raise ``TypeError`` or ``ValueError`` at once.
 
     Args:
-        port: TCP port to listen on; 0 picks a free one (read it back from ``port``).
+        port: TCP port to listen on; 0 picks a free one (read it from ``bound_port`` once
+            started).
         host: address or addresses to bind; None binds every interface.
         hostname: the name the server gives in its greeting and EHLO reply.
         max_recipients: recipients accepted per message; more get ``452 4.5.3``.
         max_connections: connections served at once; more get ``421`` and are closed.
         preferred_max_message_size: advertised with EHLO ``SIZE``; a larger ``SIZE=`` at
-            MAIL FROM gets ``552 5.3.4``. None advertises no size.
+            MAIL FROM gets ``552 5.3.4``. None advertises ``max_message_size`` instead.
         max_message_size: the largest message kept; past it the content is read to its end
             and answered with ``552 5.3.4``. None: 32 MiB, or the preferred size if larger.
         connection_timeout: seconds (or a ``timedelta``) the server waits for the client's
@@ -217,27 +224,33 @@ class SMTPServer:
             close.
     """
 
-    port = _Option(_port)
-    host = _Option(_host)
-    hostname = _Option(_hostname)
-    max_recipients = _Option(_positive_int)
-    max_connections = _Option(_positive_int)
-    preferred_max_message_size = _Option(_optional_positive_int)
-    max_message_size = _Option(_optional_positive_int)
-    connection_timeout = _Option(_seconds)
-    shutdown_grace = _Option(_seconds)
-    data_timeout = _Option(_seconds)
-    max_connections_per_address = _Option(_optional_positive_int)
-    max_errors = _Option(_positive_int)
-    bare_line_endings = _Option(_bare_line_endings)
-    event_loop = _Option(_event_loop)
-    tls = _Option(_tls_context)
-    implicit_tls = _Option(_flag)
-    require_tls = _Option(_flag)
-    tls_handshake_timeout = _Option(_seconds)
-    allow_plaintext_auth = _Option(_flag)
-    require_auth = _Option(_flag)
-    max_auth_failures = _Option(_positive_int)
+    port: _Option[int, int] = _Option(_port)
+    host: _Option[str | tuple[str, ...] | None, str | Sequence[str] | None] = _Option(_host)
+    hostname: _Option[str, str] = _Option(_hostname)
+    max_recipients: _Option[int, int] = _Option(_positive_int)
+    max_connections: _Option[int, int] = _Option(_positive_int)
+    preferred_max_message_size: _Option[int | None, int | None] = _Option(_optional_positive_int)
+    max_message_size: _Option[int | None, int | None] = _Option(_optional_positive_int)
+    connection_timeout: _Option[float, float | timedelta] = _Option(_seconds)
+    shutdown_grace: _Option[float, float | timedelta] = _Option(_seconds)
+    data_timeout: _Option[float, float | timedelta] = _Option(_seconds)
+    max_connections_per_address: _Option[int | None, int | None] = _Option(_optional_positive_int)
+    max_errors: _Option[int, int] = _Option(_positive_int)
+    bare_line_endings: _Option[str, str] = _Option(_bare_line_endings)
+    event_loop: _Option[str, str] = _Option(_event_loop)
+    tls: _Option[ssl.SSLContext | None, ssl.SSLContext | None] = _Option(_tls_context)
+    implicit_tls: _Option[bool, bool] = _Option(_flag)
+    require_tls: _Option[bool, bool] = _Option(_flag)
+    tls_handshake_timeout: _Option[float, float | timedelta] = _Option(_seconds)
+    allow_plaintext_auth: _Option[bool, bool] = _Option(_flag)
+    require_auth: _Option[bool, bool] = _Option(_flag)
+    max_auth_failures: _Option[int, int] = _Option(_positive_int)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # A misspelt option (server.max_recipent = 5) must fail, not be quietly ignored.
+        if not name.startswith("_") and not hasattr(type(self), name):
+            raise AttributeError(f"{type(self).__name__} has no option {name!r}")
+        super().__setattr__(name, value)
 
     def __init__(
         self,
@@ -797,11 +810,23 @@ def _format_address(address: tuple[Any, ...]) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def smtp_server(
-    port: int = 25, host: str | Sequence[str] | None = None, **options: Any
-) -> SMTPServer:
-    """Create an ``SMTPServer``; see its documentation for the options.
+def _with_the_signature_of(
+    cls: Callable[P, SMTPServer],
+) -> Callable[[Callable[..., SMTPServer]], Callable[P, SMTPServer]]:
+    """Give a factory the parameters of ``cls`` for type checkers (one list, not two)."""
+
+    def same(factory: Callable[..., SMTPServer]) -> Callable[P, SMTPServer]:
+        return factory
+
+    return same
+
+
+@_with_the_signature_of(SMTPServer)
+def smtp_server(*args: Any, **options: Any) -> SMTPServer:
+    """Create an ``SMTPServer``: ``smtp_server(port=25, host=None, **options)``.
+
+    Takes exactly the parameters of ``SMTPServer``; see its documentation for the options.
 
     >>> server = smtp_server(port=0, host="127.0.0.1", max_recipients=100)
     """
-    return SMTPServer(port, host, **options)
+    return SMTPServer(*args, **options)
