@@ -44,18 +44,20 @@ from typing import TypeVar
 import atheris
 
 with atheris.instrument_imports(include=["fastsmtp"]):
-    from fastsmtp import _session, _wire, _wire_py, replies
+    from fastsmtp import _session, _wire, replies
     from fastsmtp.context import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ_DIR = ROOT / "fuzz"
+
+# The wire driver of the parity tests, imported after the instrumented fastsmtp above.
+sys.path.insert(0, str(ROOT / "tests"))
+from wire_driver import DATA_HOLD, drive_wire
+
 HEADER = 8  # leading input bytes that choose the configuration and the chunking
 
 TWINS = (_wire.load("c"), _wire.load("py"))
 
-# What DATA may leave buffered once read_data() asks for more: the scanned context and the
-# held-back tail, in both twins (see _wire_py.WireReader.read_data).
-DATA_HOLD = _wire_py._CONTEXT + _wire_py._HOLD_BACK
 
 T = TypeVar("T")
 
@@ -92,92 +94,6 @@ def cut(stream: bytes, rng: random.Random) -> list[bytes]:
 
 
 # The wire target
-
-
-def drive_wire(
-    wire: ModuleType,
-    chunks: list[bytes],
-    max_line: int,
-    max_size: int,
-    size_hint: int,
-    take_every: int,
-    detail: bool,
-) -> list[tuple[object, ...]]:
-    """Run ``chunks`` through one twin's reader and log everything observable.
-
-    With ``detail`` the counters are logged after every call, STARTTLS discards the buffer
-    and bodies may be taken mid-way (``take_every``); without it only the lines, errors and
-    messages are logged, which must not depend on the chunking.
-    """
-    reader = wire.WireReader(max_line)
-    log: list[tuple[object, ...]] = []
-    reads = 0
-    for chunk in chunks:
-        reader.feed(chunk)
-        if detail:
-            log.append(("fed", reader.buffered()))
-        while True:
-            if reader.in_data:
-                done = reader.read_data()
-                reads += 1
-                if detail:
-                    log.append(
-                        (
-                            "read",
-                            done,
-                            reader.data_size,
-                            reader.data_overflow,
-                            reader.data_bare_line_endings,
-                            reader.buffered(),
-                        )
-                    )
-                if not done:
-                    # Bounded memory: content is consumed as it comes, whatever its lines.
-                    assert reader.buffered() <= DATA_HOLD, reader.buffered()
-                    if detail and take_every and reads % take_every == 0:
-                        part = reader.take_data()
-                        assert len(part) <= max_size
-                        log.append(("part", part))
-                    break
-                body = reader.take_data()
-                over = reader.data_overflow
-                size = reader.data_size
-                assert len(body) <= max_size, (len(body), max_size)
-                assert not over or body == b"", "an overflowed message keeps no content"
-                assert over == (size > max_size), (over, size, max_size)
-                log.append(("message", body, size, over, reader.data_bare_line_endings))
-                continue
-            try:
-                line = reader.next_line()
-            except wire.LineTooLong as error:
-                log.append(("too long", error.limit, str(error)))
-                continue
-            if line is None:
-                # An unfinished command line never holds more than the limit.
-                assert reader.buffered() < max_line, (reader.buffered(), max_line)
-                break
-            assert len(line) < max_line and b"\n" not in line
-            verb, argument = wire.split_command(line)
-            log.append(("line", line, verb, argument, wire.classify_command(line)))
-            if verb == b"DATA":
-                reader.start_data(max_size, size_hint)
-            elif verb == b"STARTTLS" and detail:
-                log.append(("discarded", reader.discard_buffered()))
-    if detail:
-        log.append(("misuse", misuse(reader)))
-    return log
-
-
-def misuse(reader: _wire_py.WireReader) -> str:
-    """Call the method that the current mode forbids; it must raise ``RuntimeError``."""
-    try:
-        if reader.in_data:
-            reader.next_line()
-        else:
-            reader.read_data()
-    except RuntimeError as error:
-        return str(error)
-    raise AssertionError("a call in the wrong mode did not raise RuntimeError")
 
 
 def fuzz_wire(data: bytes) -> None:

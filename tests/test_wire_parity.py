@@ -15,6 +15,7 @@ from types import ModuleType
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wire_driver import drive_wire
 
 from fastsmtp import _wire
 
@@ -82,61 +83,12 @@ def drive(
     max_size: int,
     detail: bool = True,
     take_every: int = 0,
-) -> list[tuple]:
+) -> list[tuple[object, ...]]:
     """Run a session-like loop over ``chunks`` and log everything observable.
 
-    Lines naming DATA switch to DATA mode; with ``detail``, STARTTLS discards the buffer,
-    and the counters are logged after every call. ``take_every`` takes the body mid-way.
+    See ``wire_driver.drive_wire``, which the fuzzer shares; no SIZE= hint here.
     """
-    reader = wire.WireReader(max_line)
-    log: list[tuple] = []
-    reads = 0
-    for chunk in chunks:
-        reader.feed(chunk)
-        if detail:
-            log.append(("fed", reader.buffered()))
-        while True:
-            if reader.in_data:
-                done = reader.read_data()
-                reads += 1
-                if detail:
-                    log.append(
-                        (
-                            "read",
-                            done,
-                            reader.data_size,
-                            reader.data_overflow,
-                            reader.data_bare_line_endings,
-                            reader.buffered(),
-                            reader.in_data,
-                        )
-                    )
-                if take_every and reads % take_every == 0:
-                    log.append(("part", reader.take_data()))
-                if not done:
-                    break
-                body = reader.take_data()
-                size, over, bare = (
-                    reader.data_size,
-                    reader.data_overflow,
-                    reader.data_bare_line_endings,
-                )
-                log.append(("message", body, size, over, bare))
-                continue
-            try:
-                line = reader.next_line()
-            except wire.LineTooLong as exc:
-                log.append(("too long", exc.limit, str(exc)))
-                continue
-            if line is None:
-                break
-            verb, argument = wire.split_command(line)
-            log.append(("line", line, verb, argument, wire.classify_command(line)))
-            if verb == b"DATA":
-                reader.start_data(max_size)
-            elif verb == b"STARTTLS" and detail:
-                log.append(("discarded", reader.discard_buffered()))
-    return log
+    return drive_wire(wire, chunks, max_line, max_size, 0, take_every, detail)
 
 
 def oracle(stream: bytes, max_size: int) -> tuple | None:
