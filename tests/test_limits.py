@@ -79,6 +79,29 @@ def test_listener_decisions_and_limits_do_not_count(wire: ModuleType) -> None:
     assert core.errors == 0
 
 
+@pytest.mark.parametrize("verb", [b"NOOP", b"RSET", b"VRFY bob", b"EXPN staff", b"HELP"])
+def test_junk_commands_past_the_limit_use_the_error_budget(wire: ModuleType, verb: bytes) -> None:
+    core = new_core(wire, max_junk_commands=3, max_errors=2)
+    output, _ = run(core, b"HELO c\r\n")
+    answers, _ = run(core, (verb + b"\r\n") * 3)
+    assert core.errors == 0 and b"421" not in answers
+    answer = answers[: len(answers) // 3]
+    # The fourth is answered as usual but costs an error; the fifth uses up the budget, and
+    # the sixth is never read.
+    output, events = run(core, (verb + b"\r\n") * 3)
+    assert core.errors == 2
+    assert output == answer * 2 + replies.TOO_MANY_ERRORS.wire
+    assert events[-1] is CLOSE
+
+
+def test_an_accepted_message_resets_the_junk_count(wire: ModuleType) -> None:
+    core = new_core(wire, max_junk_commands=2, max_errors=1)
+    message = b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nx\r\n.\r\n"
+    _, events = run(core, b"HELO c\r\n" + (b"NOOP\r\n" * 2 + message) * 3 + b"NOOP\r\n")
+    assert core.session.messages_accepted == 3
+    assert core.errors == 0 and events[-1] is None
+
+
 # Bare line endings
 
 
@@ -134,6 +157,13 @@ def test_error_limit_over_a_socket(make_server: Any, raw_client: Any) -> None:
     assert client.read_to_end() == replies.UNKNOWN_COMMAND.wire + replies.TOO_MANY_ERRORS.wire
     # The server keeps serving others.
     assert raw_client(server).command(b"NOOP") == replies.OK.wire
+
+
+def test_junk_limit_over_a_socket(make_server: Any, raw_client: Any) -> None:
+    client = raw_client(make_server(max_junk_commands=2, max_errors=1).start())
+    assert client.command(b"NOOP") == client.command(b"RSET") == replies.OK.wire
+    client.send(b"NOOP\r\n")
+    assert client.read_to_end() == replies.OK.wire + replies.TOO_MANY_ERRORS.wire
 
 
 def test_data_deadline_evicts_a_trickling_client(make_server: Any, raw_client: Any) -> None:
@@ -204,6 +234,7 @@ def test_connections_per_address(make_server: Any, raw_client: Any) -> None:
     [
         ("max_errors", 0, ValueError),
         ("max_errors", "5", TypeError),
+        ("max_junk_commands", 0, ValueError),
         ("data_timeout", 0, ValueError),
         ("max_connections_per_address", 0, ValueError),
         ("bare_line_endings", "strip", ValueError),

@@ -54,6 +54,7 @@ class SessionConfig:
         "hostname",
         "max_auth_failures",
         "max_errors",
+        "max_junk_commands",
         "max_line_length",
         "max_message_size",
         "max_recipients",
@@ -78,6 +79,7 @@ class SessionConfig:
         allow_plaintext_auth: bool = False,
         require_auth: bool = False,
         max_auth_failures: int = 3,
+        max_junk_commands: int = 100,
     ) -> None:
         self.hostname = hostname
         self.max_recipients = max_recipients
@@ -87,6 +89,7 @@ class SessionConfig:
         self.decide_mail_from = decide_mail_from
         self.decide_rcpt_to = decide_rcpt_to
         self.max_errors = max_errors
+        self.max_junk_commands = max_junk_commands
         if bare_line_endings not in BARE_LINE_ENDINGS:
             raise ValueError(f"bare_line_endings must be one of {BARE_LINE_ENDINGS}")
         self.bare_line_endings = bare_line_endings
@@ -243,6 +246,7 @@ class SessionCore:
         self._auth: _AuthExchange | None = None
         self.close_reason = ""
         self.errors = 0
+        self.junk_commands = 0  # NOOP, RSET, VRFY, EXPN, HELP since the last accepted message
         self.data_phases = 0  # how many DATA phases began, so a transport can time each
         self._stop_when_idle = False
 
@@ -341,6 +345,7 @@ class SessionCore:
             self._out.append(replies.RECIPIENT_OK.wire)
         elif isinstance(event, MessageReceived):
             self.session.messages_accepted += 1
+            self.junk_commands = 0
             self._end_transaction()
             if text:
                 self._out.append(replies.custom_reply(250, text, "2.0.0").wire)
@@ -454,9 +459,23 @@ class SessionCore:
         Postfix's hard error limit, it stops a client that is not speaking SMTP.
         """
         self._refuse(reply)
+        return self._count_error()
+
+    def _count_error(self) -> Event | None:
         self.errors += 1
         if self.errors >= self.config.max_errors:
             self.close(replies.TOO_MANY_ERRORS, "too many errors")
+        return None
+
+    def _count_junk(self) -> Event | None:
+        """Count a command that moves no mail; past the junk limit each also costs an error.
+
+        Like Postfix's smtpd_junk_command_limit: NOOP and the like, sent just inside the
+        timeout, must not hold a connection forever.
+        """
+        self.junk_commands += 1
+        if self.junk_commands > self.config.max_junk_commands:
+            return self._count_error()
         return None
 
     def _on_helo(self, argument: bytes) -> Event | None:
@@ -548,12 +567,12 @@ class SessionCore:
             return self._protocol_error(replies.NO_ARGUMENTS)
         self._end_transaction()
         self._out.append(replies.RESET_OK.wire)
-        return None
+        return self._count_junk()
 
     def _on_noop(self, argument: bytes) -> Event | None:
         # RFC 5321 §4.1.1.9: NOOP may carry a string, which is ignored.
         self._out.append(replies.OK.wire)
-        return None
+        return self._count_junk()
 
     def _on_quit(self, argument: bytes) -> Event | None:
         if argument:
@@ -565,14 +584,15 @@ class SessionCore:
         if not argument:
             return self._protocol_error(replies.VRFY_SYNTAX)
         self._out.append(replies.CANNOT_VRFY.wire)
-        return None
+        return self._count_junk()
 
     def _on_expn(self, argument: bytes) -> Event | None:
-        return self._refuse(replies.EXPN_DISABLED)
+        self._refuse(replies.EXPN_DISABLED)
+        return self._count_junk()
 
     def _on_help(self, argument: bytes) -> Event | None:
         self._out.append(replies.HELP.wire)
-        return None
+        return self._count_junk()
 
     # STARTTLS (RFC 3207)
 

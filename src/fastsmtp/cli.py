@@ -297,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="protocol errors tolerated per connection before 421 4.7.0 (default: 20)",
     )
     options.add_argument(
+        "--max-junk-commands",
+        type=int,
+        metavar="N",
+        help="NOOP, RSET, VRFY, EXPN and HELP allowed between two messages; past it each "
+        "counts as a protocol error (default: 100)",
+    )
+    options.add_argument(
         "--bare-line-endings",
         choices=("keep", "reject", "normalize"),
         help="messages with a CR or LF outside CRLF: keep as received, reject with 550 "
@@ -399,6 +406,7 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
         "data_timeout",
         "max_connections_per_address",
         "max_errors",
+        "max_junk_commands",
         "bare_line_endings",
         "require_tls",
         "allow_plaintext_auth",

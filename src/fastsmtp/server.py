@@ -203,6 +203,10 @@ class SMTPServer:
             ``421`` and are closed. None: no limit besides ``max_connections``.
         max_errors: protocol errors (bad syntax, bad sequence, unknown commands) tolerated on
             one connection; the last one is answered ``421 4.7.0`` and the connection closes.
+        max_junk_commands: NOOP, RSET, VRFY, EXPN and HELP commands allowed between two
+            accepted messages; past it each is answered as usual and also counts as a
+            protocol error (Postfix's junk command limit), so none can hold a connection
+            forever.
         bare_line_endings: what to do with a message holding a CR or LF outside a CRLF pair:
             "keep" it as received (the default: nothing is altered, and only CRLF.CRLF ends
             DATA here anyway), "reject" it with ``550 5.5.2`` after its end, or "normalize"
@@ -236,6 +240,7 @@ class SMTPServer:
     data_timeout: _Option[float, float | timedelta] = _Option(_seconds)
     max_connections_per_address: _Option[int | None, int | None] = _Option(_optional_positive_int)
     max_errors: _Option[int, int] = _Option(_positive_int)
+    max_junk_commands: _Option[int, int] = _Option(_positive_int)
     bare_line_endings: _Option[str, str] = _Option(_bare_line_endings)
     event_loop: _Option[str, str] = _Option(_event_loop)
     tls: _Option[ssl.SSLContext | None, ssl.SSLContext | None] = _Option(_tls_context)
@@ -267,6 +272,7 @@ class SMTPServer:
         data_timeout: float | timedelta = 600.0,
         max_connections_per_address: int | None = None,
         max_errors: int = 20,
+        max_junk_commands: int = 100,
         bare_line_endings: str = "keep",
         event_loop: str = "asyncio",
         tls: ssl.SSLContext | None = None,
@@ -291,6 +297,7 @@ class SMTPServer:
         self.data_timeout = data_timeout
         self.max_connections_per_address = max_connections_per_address
         self.max_errors = max_errors
+        self.max_junk_commands = max_junk_commands
         self.bare_line_endings = bare_line_endings
         self.event_loop = event_loop
         self.tls = tls
@@ -682,6 +689,7 @@ class SMTPServer:
             decide_mail_from=bool(self._from_listeners),
             decide_rcpt_to=bool(self._recipient_listeners),
             max_errors=self.max_errors,
+            max_junk_commands=self.max_junk_commands,
             bare_line_endings=self.bare_line_endings,
             require_tls=self.require_tls,
             auth_mechanisms=MECHANISMS if self._auth_listeners else (),
