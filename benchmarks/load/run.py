@@ -474,9 +474,10 @@ def _has_compiled_twin() -> bool:
 # Profiling
 
 
-def profile(tool: str, loop: str, twin: str, quick: bool, top: int, flags: list[str]) -> None:
-    """Run workload 1 against one fastsmtp process under a profiler; print the top own times."""
-    workload = workloads(quick)[0]
+def profile(
+    tool: str, loop: str, twin: str, workload: Workload, top: int, flags: list[str]
+) -> None:
+    """Run ``workload`` against one fastsmtp process under a profiler; print the top own times."""
     use_smtp_source = os.access(SMTP_SOURCE, os.X_OK)
     variant = Variant("fastsmtp", loop, twin)
     with tempfile.TemporaryDirectory() as scratch:
@@ -557,9 +558,14 @@ def main() -> int:
     parser.add_argument("--gil", action="store_true", help="py-spy: only samples holding the GIL")
     args = parser.parse_args()
 
+    chosen = workloads(args.quick)
+    if args.only:
+        keys = set(args.only.split(","))
+        chosen = [w for w in chosen if w.key in keys]
     if args.profile:
+        # The first workload chosen (w1 unless --only says otherwise).
         flags = ["--native"] * args.native + ["--gil"] * args.gil
-        profile(args.profile, args.profile_loop, args.profile_twin, args.quick, args.top, flags)
+        profile(args.profile, args.profile_loop, args.profile_twin, chosen[0], args.top, flags)
         return 0
 
     have_smtp_source = os.access(SMTP_SOURCE, os.X_OK)
@@ -567,10 +573,6 @@ def main() -> int:
         parser.error(f"{SMTP_SOURCE} is not installed (Debian package postfix)")
     use_smtp_source = have_smtp_source and args.client != "python"
     repeat = args.repeat or (1 if args.quick else 5)
-    chosen = workloads(args.quick)
-    if args.only:
-        keys = set(args.only.split(","))
-        chosen = [w for w in chosen if w.key in keys]
     variants = [v for v in VARIANTS if v.twin != "c" or _has_compiled_twin()]
     try:
         import uvloop  # noqa: F401
