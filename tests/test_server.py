@@ -91,6 +91,13 @@ def test_a_misspelt_option_is_an_error() -> None:
         smtp_server(port=0, max_recipent=5)  # type: ignore[call-arg]
     assert server.max_recipients == 1000
 
+    class Counting(SMTPServer):
+        def __init__(self) -> None:
+            super().__init__(port=0)
+            self.received = 0  # a subclass may add attributes of its own
+
+    assert Counting().received == 0
+
 
 INVALID_OPTIONS = [
     ("port", -1, ValueError),

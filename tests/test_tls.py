@@ -9,6 +9,7 @@ injected after STARTTLS (CVE-2011-0411), garbage, half handshakes and silence.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import shutil
@@ -761,6 +762,51 @@ def test_implicit_tls_connections_count_before_their_handshake(
         sock.settimeout(CLIENT_TIMEOUT)
         assert read_until_closed(sock) == b""
         sock.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_stop_before_the_handshake_task_has_run(
+    wire: ModuleType, server_tls: ssl.SSLContext, loop: str
+) -> None:
+    # stop() in the very loop iteration that made the connection: its handshake task has
+    # not started, and cancelling it alone would run none of its code.
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> tuple[float, bytes]:
+        server = smtp_server(
+            port=0,
+            host="127.0.0.1",
+            hostname="mx.test",
+            tls=server_tls,
+            implicit_tls=True,
+            shutdown_grace=0.5,
+            tls_handshake_timeout=30,
+        )
+        server._wire = wire
+        await server.__aenter__()
+        sock = socket.create_connection(("127.0.0.1", server.bound_port))
+        sock.setblocking(False)
+        deadline = time.monotonic() + CLIENT_TIMEOUT
+        while not any(
+            c._task is not None and inspect.getcoroutinestate(c._task.get_coro()) == "CORO_CREATED"
+            for c in server._connections
+        ):
+            assert time.monotonic() < deadline, "never saw the handshake task before its start"
+            await asyncio.sleep(0)
+        started = time.monotonic()
+        async with asyncio.timeout(CLIENT_TIMEOUT):  # inline: stop() runs in this iteration
+            await server.stop_async()
+        took = time.monotonic() - started
+        loop_ = asyncio.get_running_loop()
+        received = await asyncio.wait_for(loop_.sock_recv(sock, 100), CLIENT_TIMEOUT)
+        sock.close()
+        return took, received
+
+    runner = uvloop.run if loop == "uvloop" else asyncio.run
+    took, received = runner(scenario())
+    assert took < 2.0
+    assert received == b""  # closed, with nothing said
 
 
 def test_stop_during_a_handshake(

@@ -304,7 +304,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             core.reject(drop.reply, close=True)
         except RejectError as rejection:
             core.reject(rejection.reply)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, GeneratorExit):
             raise
         except BaseException as error:
             # Only our own cancellation (stop, a lost connection) ends the task. A listener's
@@ -445,8 +445,15 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         """
         # uvloop's TLS protocol is a buffered protocol in all but its base classes.
         tls_protocol: Any = transport.get_protocol()
-        if tls_protocol is self or transport.is_closing():
-            return  # start_tls() failed before it took the transport
+        if transport.is_closing():
+            return  # start_tls() failed, and the connection with it
+        if tls_protocol is self:
+            # start_tls() has not taken the transport yet: the order this relies on is gone
+            # (a loop that changed). These bytes, and any after them, must never reach the
+            # session as if decrypted: end the connection.
+            session_log.error("TLS layer not on the transport in time: closing the connection")
+            self._tls_failed(transport, "TLS layer not on the transport in time")
+            return
         if not hasattr(tls_protocol, "get_buffer"):
             tls_protocol.data_received(data)
             return
@@ -529,17 +536,19 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         core = self._core
         if core is None:
             return
+        if self._tls_early is not None:
+            # In a handshake, or about to start one: no transaction to finish and no reply
+            # that could be read. Close here, not in the cancelled task: one that has not
+            # run yet never runs its body.
+            if self._task is not None:
+                self._task.cancel()
+            assert self._transport is not None
+            self._tls_failed(self._transport, "server shutting down during the TLS handshake")
+            return
         if force:
             if self._task is not None:
                 self._task.cancel()
-            if self._tls_early is not None:
-                # Mid-handshake: no reply can be sent; the cancelled handshake closes.
-                return
             self._close(replies.SHUTTING_DOWN, "server shutting down")
-            return
-        if self._tls_early is not None and self._task is not None:
-            # Mid-handshake there is no transaction to finish: end it now, as on a force.
-            self._task.cancel()
             return
         core.stop_when_idle()
         if self._task is None:

@@ -253,7 +253,8 @@ class SMTPServer:
 
     def __setattr__(self, name: str, value: object) -> None:
         # A misspelt option (server.max_recipent = 5) must fail, not be quietly ignored.
-        if not name.startswith("_") and not hasattr(type(self), name):
+        # Only on this class: a subclass may add attributes of its own.
+        if type(self) is SMTPServer and not name.startswith("_") and not hasattr(SMTPServer, name):
             raise AttributeError(f"{type(self).__name__} has no option {name!r}")
         super().__setattr__(name, value)
 
