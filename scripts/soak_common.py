@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -114,6 +115,9 @@ def start_fastsmtp(
         stderr=log,
         # Only setrlimit runs before exec, and this process has no other thread then.
         preexec_fn=_soft_limit_to_hard if many_files else None,  # noqa: PLW1509
+        # A group of its own, so that stop() reaches a server run under a prefix (strace
+        # leaves its tracee running when it is itself told to stop).
+        start_new_session=True,
     )
     try:
         wait_for_greeting(port, process, ready_seconds)
@@ -125,14 +129,14 @@ def start_fastsmtp(
 
 
 def stop(process: subprocess.Popen[bytes], seconds: float = 10.0) -> None:
-    """SIGTERM the server, wait for it, and SIGKILL it if it takes longer than ``seconds``."""
+    """SIGTERM the server's process group, wait, and SIGKILL the group after ``seconds``."""
     if process.poll() is not None:
         return
-    process.terminate()
+    os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(seconds)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
