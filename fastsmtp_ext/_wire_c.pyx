@@ -23,15 +23,25 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_CLEAR, Py_INCREF
 from libc.string cimport memchr, memcpy, memmove
 
-from fastsmtp._wire_py import DEFAULT_MAX_LINE_LENGTH, LineTooLong
+from cpython.unicode cimport PyUnicode_DecodeASCII
+
+from fastsmtp._wire_py import (
+    DEFAULT_MAX_LINE_LENGTH,
+    MAX_DOMAIN_LENGTH,
+    MAX_LABEL_LENGTH,
+    LineTooLong,
+)
 
 __all__ = [
     "CTRL",
     "DEFAULT_MAX_LINE_LENGTH",
     "EIGHT_BIT",
+    "MAX_DOMAIN_LENGTH",
+    "MAX_LABEL_LENGTH",
     "LineTooLong",
     "WireReader",
     "classify_command",
+    "plain_path",
     "split_command",
 ]
 
@@ -46,6 +56,14 @@ cdef enum:
     _CR = 0x0D
     _SP = 0x20
     _DOT = 0x2E
+    _HYPHEN = 0x2D
+    _LESS = 0x3C
+    _GREATER = 0x3E
+    _AT = 0x40
+
+    # Bits of _ADDRESS: an octet of RFC 5322 atext; of a domain label (letter, digit, hyphen).
+    _ATEXT = 1
+    _LDH = 2
 
     # Same DATA layout as the Python twin, which explains it in read_data(): the buffer
     # starts with 2 octets already accounted for, and the last 4 wait for more input.
@@ -88,6 +106,29 @@ cdef void _fill_class_table() noexcept:
 
 
 _fill_class_table()
+
+# What plain_path() lets through per octet (see _ATEXT and _LDH).
+cdef unsigned char _ADDRESS[256]
+
+
+cdef void _fill_address_table() noexcept:
+    cdef const unsigned char* specials = b"!#$%&'*+-/=?^_`{|}~"
+    cdef int octet
+    for octet in range(256):
+        if (0x30 <= octet <= 0x39) or (0x41 <= octet <= 0x5A) or (0x61 <= octet <= 0x7A):
+            _ADDRESS[octet] = _ATEXT | _LDH
+        else:
+            _ADDRESS[octet] = 0
+    while specials[0]:
+        _ADDRESS[specials[0]] |= _ATEXT
+        specials += 1
+    _ADDRESS[_HYPHEN] |= _LDH
+
+
+_fill_address_table()
+
+cdef Py_ssize_t _MAX_DOMAIN = MAX_DOMAIN_LENGTH
+cdef Py_ssize_t _MAX_LABEL = MAX_LABEL_LENGTH
 
 
 cdef struct _Scan:
@@ -624,6 +665,88 @@ cdef tuple _split(const unsigned char* p, Py_ssize_t size):
         octet = p[first + i]
         out[i] = octet - 32 if 0x61 <= octet <= 0x7A else octet
     return verb, arg
+
+
+def plain_path(argument, keyword):
+    """Recognise the everyday MAIL/RCPT argument: ``KEYWORD:<local@domain>`` in plain ASCII.
+
+    ``keyword`` is upper-case (``b"FROM:"``) and matched in any case. Returns the address
+    and the index just past ``>`` when the path is a dot-atom local part, ``@`` and a domain
+    of letter-digit-hyphen labels, followed by the end or a space (the parameters). Returns
+    None for anything else (quoted local parts, address literals, source routes, ``<>``,
+    UTF-8, any flaw): the full grammar in ``fastsmtp._commands`` decides those.
+    """
+    cdef Py_buffer view
+    cdef bytes word = keyword
+    cdef const unsigned char* k = <const unsigned char*>PyBytes_AS_STRING(word)
+    cdef Py_ssize_t k_size = PyBytes_GET_SIZE(word)
+    if PyBytes_CheckExact(argument):
+        return _plain_path(
+            <const unsigned char*>PyBytes_AS_STRING(argument), PyBytes_GET_SIZE(argument),
+            k, k_size,
+        )
+    _open_view(argument, &view)
+    try:
+        return _plain_path(<const unsigned char*>view.buf, view.len, k, k_size)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef object _plain_path(
+    const unsigned char* p, Py_ssize_t size, const unsigned char* k, Py_ssize_t k_size
+):
+    cdef Py_ssize_t i
+    cdef Py_ssize_t start
+    cdef Py_ssize_t part
+    cdef Py_ssize_t domain
+    cdef unsigned char octet
+
+    if size < k_size:
+        return None
+    for i in range(k_size):
+        octet = p[i]
+        if 0x61 <= octet <= 0x7A:
+            octet -= 32
+        if octet != k[i]:
+            return None
+    i = k_size
+    while i < size and p[i] == _SP:
+        i += 1
+    if i == size or p[i] != _LESS:
+        return None
+    i += 1
+    start = i
+
+    # The local part: non-empty atoms of atext, one dot between each two.
+    while True:
+        part = i
+        while i < size and _ADDRESS[p[i]] & _ATEXT:
+            i += 1
+        if i == part:
+            return None
+        if i == size or p[i] != _DOT:
+            break
+        i += 1
+    if i == size or p[i] != _AT:
+        return None
+    i += 1
+    domain = i
+
+    # The domain: labels of letters, digits and inner hyphens, one dot between each two.
+    while True:
+        part = i
+        while i < size and _ADDRESS[p[i]] & _LDH:
+            i += 1
+        if i == part or i - part > _MAX_LABEL or p[part] == _HYPHEN or p[i - 1] == _HYPHEN:
+            return None
+        if i == size or p[i] != _DOT:
+            break
+        i += 1
+    if i - domain > _MAX_DOMAIN or i == size or p[i] != _GREATER:
+        return None
+    if i + 1 < size and p[i + 1] != _SP:
+        return None
+    return PyUnicode_DecodeASCII(<const char*>p + start, i - start, NULL), i + 1
 
 
 def classify_command(line):

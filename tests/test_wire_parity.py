@@ -196,3 +196,19 @@ def test_each_splitter_feeds_the_other_tokeniser(c, py, stream):
                 break
             assert tokeniser.split_command(line) == cutter.split_command(line)
             assert tokeniser.classify_command(line) == cutter.classify_command(line)
+
+
+# MAIL/RCPT arguments: addresses near the fast path's limits, and arbitrary bytes.
+path_pieces = st.sampled_from(
+    [b"FROM:", b"from:", b"TO:", b" ", b"<", b">", b"@", b".", b"-", b"a", b"+", b'"', b"[",
+     b"\x80", b"x" * 63, b"x" * 64, b"SIZE=1"]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    argument=st.one_of(st.binary(max_size=60), st.lists(path_pieces, max_size=12).map(b"".join))
+)
+def test_plain_path_agrees(c, py, argument):
+    for keyword in (b"FROM:", b"TO:"):
+        assert c.plain_path(argument, keyword) == py.plain_path(argument, keyword)

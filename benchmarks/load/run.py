@@ -61,6 +61,9 @@ VARIANTS = [
     Variant("fastsmtp", "uvloop", "c"),
     Variant("fastsmtp", "uvloop", "py"),
     Variant("aiosmtpd", "uvloop", "-"),
+    # The floor of each loop on this machine: a Protocol that splits lines and says 250.
+    Variant("bare", "asyncio", "-"),
+    Variant("bare", "uvloop", "-"),
 ]
 
 
@@ -549,6 +552,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, help="repetitions (default: 1 quick, 5 full)")
     parser.add_argument("--client", choices=("auto", "smtp-source", "python"), default="auto")
     parser.add_argument("--only", help="comma-separated workloads, e.g. w1,w3")
+    parser.add_argument(
+        "--servers", help="comma-separated servers, e.g. fastsmtp/uvloop/c,aiosmtpd/uvloop"
+    )
     parser.add_argument("--json", metavar="PATH", help="write every run's figures here")
     parser.add_argument("--profile", choices=("py-spy", "cprofile"), help="profile instead")
     parser.add_argument("--profile-loop", choices=("asyncio", "uvloop"), default="uvloop")
@@ -574,6 +580,9 @@ def main() -> int:
     use_smtp_source = have_smtp_source and args.client != "python"
     repeat = args.repeat or (1 if args.quick else 5)
     variants = [v for v in VARIANTS if v.twin != "c" or _has_compiled_twin()]
+    if args.servers:
+        wanted = args.servers.split(",")
+        variants = [v for v in variants if any(v.name.startswith(w) for w in wanted)]
     try:
         import uvloop  # noqa: F401
     except ImportError:

@@ -70,6 +70,72 @@ async def serve_fastsmtp(
         await stop.wait()
 
 
+class BareProtocol(asyncio.Protocol):
+    """The floor: splits lines, says 250 (354 to DATA) and keeps each body, nothing more.
+
+    Not an SMTP server (no grammar, no states, no dot-unstuffing, no limits): the least any
+    Python receiver on this loop must do per message, to read the other rows against.
+    """
+
+    GREETING = b"220 server.example ESMTP\r\n"
+    OK = b"250 2.0.0 Ok\r\n"
+    GO_AHEAD = b"354 End data with <CR><LF>.<CR><LF>\r\n"
+    BYE = b"221 2.0.0 Bye\r\n"
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self.transport: Any = None
+        self.pending = bytearray()
+        self.in_data = False
+        self.scanned = 0  # how far the body was searched for its end marker
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.write(self.GREETING)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        pending = self.pending
+        pending += data
+        start = 0
+        while True:
+            if self.in_data:
+                # Keeps the CRLF before the marker in view, so a marker split across reads shows.
+                end = pending.find(b"\r\n.\r\n", max(self.scanned - 4, start - 2, 0))
+                if end < 0:
+                    self.scanned = len(pending)
+                    break
+                self.counter.messages += 1
+                self.counter.octets += len(bytes(pending[start : end + 2]))
+                self.in_data = False
+                start = end + 5
+                self.transport.write(self.OK)
+                continue
+            end = pending.find(b"\r\n", start)
+            if end < 0:
+                break
+            verb = bytes(pending[start : start + 4]).upper()
+            start = end + 2
+            if verb == b"DATA":
+                self.in_data = True
+                self.scanned = start - 2  # a body that is only "." ends at once
+                self.transport.write(self.GO_AHEAD)
+            elif verb == b"QUIT":
+                self.transport.write(self.BYE)
+                self.transport.close()
+            else:
+                self.transport.write(self.OK)
+        del pending[:start]
+        self.scanned = max(self.scanned - start, 0)
+
+
+async def serve_bare(counter: Counter, ready: Callable[[int], None], stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: BareProtocol(counter), host=HOST, port=0)
+    async with server:
+        ready(server.sockets[0].getsockname()[1])
+        await stop.wait()
+
+
 async def serve_aiosmtpd(
     counter: Counter, ready: Callable[[int], None], stop: asyncio.Event
 ) -> None:
@@ -122,7 +188,7 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", choices=("fastsmtp", "aiosmtpd"), required=True)
+    parser.add_argument("--server", choices=("fastsmtp", "aiosmtpd", "bare"), required=True)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), required=True)
     parser.add_argument("--twin", choices=("c", "py"), default="c", help="fastsmtp's hot path")
     parser.add_argument("--cprofile", metavar="PATH", help="profile the loop, dump stats here")
@@ -144,6 +210,8 @@ def main() -> int:
 
     if args.server == "fastsmtp":
         serving = serve_fastsmtp(args.twin, counter, ready, stop)
+    elif args.server == "bare":
+        serving = serve_bare(counter, ready, stop)
     else:
         serving = serve_aiosmtpd(counter, ready, stop)
 

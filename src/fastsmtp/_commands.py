@@ -7,8 +7,9 @@ expressions: this runs once per MAIL and per RCPT.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
-from . import replies
+from . import _wire, replies
 from .errors import CommandError
 
 __all__ = ["MailArguments", "parse_mail", "parse_rcpt"]
@@ -39,14 +40,36 @@ class MailArguments:
         self.auth: str | None = None
 
 
-def parse_mail(argument: bytes) -> MailArguments:
+# The twin's recogniser of the everyday path (``_wire_py.plain_path`` or its compiled twin).
+PlainPath = Callable[[bytes, bytes], tuple[str, int] | None]
+
+
+def parse_mail(argument: bytes, plain_path: PlainPath = _wire.plain_path) -> MailArguments:
     """Parse the argument of MAIL: ``FROM:<path> [parameters]``.
+
+    ``plain_path`` is the wire twin's fast recogniser of a plain ``<local@domain>``; what it
+    does not recognise gets the full grammar, with the same results.
 
     Raises:
         CommandError: 501 for bad syntax, 553 for a bad address, 555 for a bad parameter.
     """
-    path, params = _split_path(argument, b"FROM:", replies.MAIL_SYNTAX)
+    plain = plain_path(argument, b"FROM:")
+    if plain is not None:
+        address, end = plain
+        result = MailArguments(address)
+        if end < len(argument):
+            _apply_mail_parameters(result, _parameters(argument[end:]))
+        return result
+
+    path, tail = _split_path(argument, b"FROM:", replies.MAIL_SYNTAX)
     result = MailArguments("")
+    _apply_mail_parameters(result, _parameters(tail))
+    if path != b"<>":
+        result.address = _parse_mailbox(path, result.smtputf8, replies.BAD_SENDER)
+    return result
+
+
+def _apply_mail_parameters(result: MailArguments, params: list[tuple[str, str | None]]) -> None:
     for name, value in params:
         if name == "SIZE":
             if value is None or not value.isdigit() or result.size is not None:
@@ -67,19 +90,22 @@ def parse_mail(argument: bytes) -> MailArguments:
             result.auth = value
         else:
             raise CommandError(replies.BAD_PARAMETER)
-    if path != b"<>":
-        result.address = _parse_mailbox(path, result.smtputf8, replies.BAD_SENDER)
-    return result
 
 
-def parse_rcpt(argument: bytes, smtputf8: bool) -> str:
+def parse_rcpt(argument: bytes, smtputf8: bool, plain_path: PlainPath = _wire.plain_path) -> str:
     """Parse the argument of RCPT: ``TO:<path>``; no RCPT parameter is supported.
+
+    ``plain_path`` is as for ``parse_mail()``.
 
     Raises:
         CommandError: 501 for bad syntax, 553 for a bad address, 555 for any parameter.
     """
-    path, params = _split_path(argument, b"TO:", replies.RCPT_SYNTAX)
-    if params:
+    plain = plain_path(argument, b"TO:")
+    if plain is not None and plain[1] == len(argument):
+        return plain[0]
+
+    path, tail = _split_path(argument, b"TO:", replies.RCPT_SYNTAX)
+    if _parameters(tail):
         raise CommandError(replies.BAD_PARAMETER)
     if path == b"<>":
         raise CommandError(replies.BAD_RECIPIENT)
@@ -89,10 +115,8 @@ def parse_rcpt(argument: bytes, smtputf8: bool) -> str:
     return _parse_mailbox(path, smtputf8, replies.BAD_RECIPIENT)
 
 
-def _split_path(
-    argument: bytes, keyword: bytes, syntax: replies.Reply
-) -> tuple[bytes, list[tuple[str, str | None]]]:
-    """Split ``KEYWORD:<path> params`` into the bracketed path and the parameter list."""
+def _split_path(argument: bytes, keyword: bytes, syntax: replies.Reply) -> tuple[bytes, bytes]:
+    """Split ``KEYWORD:<path> params`` into the bracketed path and what follows it."""
     if argument[: len(keyword)].upper() != keyword:
         raise CommandError(syntax)
     rest = argument[len(keyword) :].lstrip(b" ")
@@ -101,11 +125,14 @@ def _split_path(
     close = _closing_bracket(rest)
     if close < 0:
         raise CommandError(syntax)
-    path = rest[: close + 1]
     tail = rest[close + 1 :]
     if tail and not tail.startswith(b" "):
         raise CommandError(syntax)
+    return rest[: close + 1], tail
 
+
+def _parameters(tail: bytes) -> list[tuple[str, str | None]]:
+    """Split what follows a path into ESMTP parameters: ``(NAME, value or None)``."""
     params = []
     for word in tail.split():
         name, equals, value = word.partition(b"=")
@@ -120,7 +147,7 @@ def _split_path(
             )
         except UnicodeDecodeError:
             raise CommandError(replies.BAD_PARAMETER) from None
-    return path, params
+    return params
 
 
 def _closing_bracket(rest: bytes) -> int:

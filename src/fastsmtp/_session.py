@@ -254,6 +254,7 @@ class SessionCore:
         self._reader = wire.WireReader(config.max_line_length)
         self._split = wire.split_command
         self._classify = wire.classify_command
+        self._plain_path = wire.plain_path
         self._out: list[bytes] = []
         self._verb = b""
         # Told of every refused command (its verb if known, else b""; the reply), if set.
@@ -507,7 +508,7 @@ class SessionCore:
             return self._protocol_error(replies.SENDER_ALREADY_SPECIFIED)
         if self.config.require_auth and self.session.authenticated_user is None:
             return self._refuse(replies.AUTH_REQUIRED)
-        arguments = parse_mail(argument)
+        arguments = parse_mail(argument, self._plain_path)
         if arguments.size is not None and arguments.size > self.config.declared_size_limit:
             return self._refuse(replies.SIZE_EXCEEDED)
         if self.config.decide_mail_from:
@@ -523,7 +524,7 @@ class SessionCore:
         if len(self.recipients) >= self.config.max_recipients:
             return self._refuse(replies.TOO_MANY_RECIPIENTS)
         assert self.mail_arguments is not None
-        address = parse_rcpt(argument, self.mail_arguments.smtputf8)
+        address = parse_rcpt(argument, self.mail_arguments.smtputf8, self._plain_path)
         if self.config.decide_rcpt_to:
             self.pending = RcptTo(address)
             return self.pending

@@ -25,6 +25,7 @@ __all__ = [
     "WireReader",
     "classify_command",
     "load",
+    "plain_path",
     "split_command",
 ]
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         LineTooLong,
         WireReader,
         classify_command,
+        plain_path,
         split_command,
     )
 
@@ -56,6 +58,7 @@ elif NO_EXTENSIONS or sys.implementation.name != "cpython":
         LineTooLong,
         WireReader,
         classify_command,
+        plain_path,
         split_command,
     )
 
@@ -69,6 +72,7 @@ else:
             LineTooLong,
             WireReader,
             classify_command,
+            plain_path,
             split_command,
         )
 
@@ -83,6 +87,7 @@ else:
             LineTooLong,
             WireReader,
             classify_command,
+            plain_path,
             split_command,
         )
 

@@ -11,15 +11,20 @@ input however it is chunked, and ``tests/test_wire_parity.py`` holds them to it.
 from typing import Final
 
 from fastsmtp._wire_py import DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH
+from fastsmtp._wire_py import MAX_DOMAIN_LENGTH as MAX_DOMAIN_LENGTH
+from fastsmtp._wire_py import MAX_LABEL_LENGTH as MAX_LABEL_LENGTH
 from fastsmtp._wire_py import LineTooLong as LineTooLong
 
 __all__ = [
     "CTRL",
     "DEFAULT_MAX_LINE_LENGTH",
     "EIGHT_BIT",
+    "MAX_DOMAIN_LENGTH",
+    "MAX_LABEL_LENGTH",
     "LineTooLong",
     "WireReader",
     "classify_command",
+    "plain_path",
     "split_command",
 ]
 
@@ -100,6 +105,16 @@ def split_command(line: bytes) -> tuple[bytes, bytes]:
 
     ``b"mail FROM:<a@b>  "`` gives ``(b"MAIL", b"FROM:<a@b>")``. Only spaces separate
     (RFC 5321 §4.1.1); a line with no space is all verb.
+    """
+
+def plain_path(argument: bytes, keyword: bytes) -> tuple[str, int] | None:
+    """Recognise the everyday MAIL/RCPT argument: ``KEYWORD:<local@domain>`` in plain ASCII.
+
+    ``keyword`` is upper-case (``b"FROM:"``) and matched in any case. Returns the address
+    and the index just past ``>`` when the path is a dot-atom local part, ``@`` and a domain
+    of letter-digit-hyphen labels, followed by the end or a space (the parameters). Returns
+    None for anything else (quoted local parts, address literals, source routes, ``<>``,
+    UTF-8, any flaw): the full grammar in ``fastsmtp._commands`` decides those.
     """
 
 def classify_command(line: bytes) -> int:

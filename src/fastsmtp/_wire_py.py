@@ -10,14 +10,18 @@ however the input is split into chunks; ``tests/test_wire_parity.py`` holds them
 from __future__ import annotations
 
 import io
+import re
 
 __all__ = [
     "CTRL",
     "DEFAULT_MAX_LINE_LENGTH",
     "EIGHT_BIT",
+    "MAX_DOMAIN_LENGTH",
+    "MAX_LABEL_LENGTH",
     "LineTooLong",
     "WireReader",
     "classify_command",
+    "plain_path",
     "split_command",
 ]
 
@@ -42,6 +46,17 @@ _HOLD_BACK = 4
 # Horizontal tab is let through: some clients separate parameters with it.
 _CONTROL_BYTES = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
 _HIGH_BYTES = bytes(range(0x80, 0x100))
+
+# RFC 1035 §2.3.4 (RFC 5321 §4.5.3.1.2 agrees): the longest domain name and label.
+MAX_DOMAIN_LENGTH = 255
+MAX_LABEL_LENGTH = 63
+
+# plain_path()'s shape: spaces, "<", a dot-atom of RFC 5322 atext, "@", LDH labels (neither
+# starting nor ending with a hyphen), ">", then the end or a space. Patterns per keyword.
+_ATOM = rb"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
+_LABEL = rb"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,%d}[A-Za-z0-9])?" % (MAX_LABEL_LENGTH - 2)
+_PLAIN_PATH = rb" *<(%s(?:\.%s)*@(%s(?:\.%s)*))>(?= |\Z)" % (_ATOM, _ATOM, _LABEL, _LABEL)
+_plain_path_patterns: dict[bytes, re.Pattern[bytes]] = {}
 
 
 class LineTooLong(Exception):
@@ -262,6 +277,25 @@ def split_command(line: bytes) -> tuple[bytes, bytes]:
     if space < 0:
         return line.upper(), b""
     return line[:space].upper(), line[space + 1 :].lstrip(b" ")
+
+
+def plain_path(argument: bytes, keyword: bytes) -> tuple[str, int] | None:
+    """Recognise the everyday MAIL/RCPT argument: ``KEYWORD:<local@domain>`` in plain ASCII.
+
+    ``keyword`` is upper-case (``b"FROM:"``) and matched in any case. Returns the address
+    and the index just past ``>`` when the path is a dot-atom local part, ``@`` and a domain
+    of letter-digit-hyphen labels, followed by the end or a space (the parameters). Returns
+    None for anything else (quoted local parts, address literals, source routes, ``<>``,
+    UTF-8, any flaw): the full grammar in ``fastsmtp._commands`` decides those.
+    """
+    pattern = _plain_path_patterns.get(keyword)
+    if pattern is None:
+        pattern = re.compile(re.escape(keyword) + _PLAIN_PATH, re.IGNORECASE)
+        _plain_path_patterns[keyword] = pattern
+    match = pattern.match(argument)
+    if match is None or match.end(2) - match.start(2) > MAX_DOMAIN_LENGTH:
+        return None
+    return match.group(1).decode("ascii"), match.end()
 
 
 def classify_command(line: bytes) -> int:
