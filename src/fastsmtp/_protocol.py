@@ -75,6 +75,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._context: MessageContext | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # Set while a closing connection flushes its last replies: aborts it if that stalls.
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._opened = 0.0
         self._reading_paused = False
@@ -194,6 +196,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._finished = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._flush_timer is not None:
+            # Not left to expire: at thousands of connections a second, timers kept for
+            # _FLUSH_SECONDS each pile up in the loop (tens of MiB, a slower timer heap).
+            self._flush_timer.cancel()
         if self._task is not None:
             self._task.cancel()
         core = self._core
@@ -529,7 +535,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             transport.abort()
         else:
             # A client that stops reading now must not hold the connection open either.
-            self._loop.call_later(_FLUSH_SECONDS, transport.abort)
+            self._flush_timer = self._loop.call_later(_FLUSH_SECONDS, transport.abort)
 
     def shutdown(self, force: bool) -> None:
         """Called by the server on stop: close now if idle (or if ``force``), else later."""
