@@ -7,6 +7,7 @@ test sets, so nothing depends on how fast the machine is; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import smtplib
@@ -220,6 +221,39 @@ def test_listeners_run_in_registration_order(
     server.start()
     smtp_client(server).sendmail(SENDER, [RECIPIENT], MESSAGE)
     assert calls == [f"{kind}-{n}" for kind in ("from", "rcpt", "mail") for n in (1, 2, 3)]
+
+
+LISTENER_VARIABLE: contextvars.ContextVar[str] = contextvars.ContextVar("listener_variable")
+
+
+def test_a_listener_context_does_not_leak_into_the_next(
+    make_server: MakeServer, raw_client: Connect
+) -> None:
+    # Each listener runs in a task of its own, so a context variable one sets is its own,
+    # even for a pipelined command whose listener is started right after it decided.
+    server = make_server()
+    seen: list[str | None] = []
+
+    async def sets_a_variable(event: Any) -> None:
+        await asyncio.sleep(0)  # decides after waiting, then resumes the dialogue
+        seen.append(LISTENER_VARIABLE.get(None))
+        LISTENER_VARIABLE.set(event.envelope_from)
+
+    async def reads_the_variable(event: Any) -> None:
+        seen.append(LISTENER_VARIABLE.get(None))
+
+    server.from_listener(sets_a_variable)
+    server.recipient_listener(reads_the_variable)
+    server.start()
+    client = raw_client(server)
+    assert client.command(b"EHLO client.test").startswith(b"250-")
+    client.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.com>\r\n")
+    assert client.reply() == replies.SENDER_OK.wire
+    assert client.reply() == replies.RECIPIENT_OK.wire
+    client.send(b"RSET\r\nMAIL FROM:<carol@example.org>\r\n")
+    assert client.reply() == replies.RESET_OK.wire
+    assert client.reply() == replies.SENDER_OK.wire
+    assert seen == [None, None, None]
 
 
 def test_a_rejecting_listener_stops_the_later_ones(

@@ -9,6 +9,7 @@ STARTTLS, and on an implicit-TLS endpoint the one before the greeting.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import sys
@@ -45,6 +46,9 @@ _FLUSH_SECONDS = 10.0
 # A listener and whether it is a coroutine function (run on the loop) or not (in a thread).
 Listener = tuple[Callable[[Any], Any], bool]
 
+# What a listener is handed.
+Exchange = IncomingFrom | IncomingRecipient | IncomingMail | IncomingAuth
+
 
 # The clock of idle times and deadlines. Not loop.time(): uvloop's is cached per loop
 # iteration, and a deadline reckoned from a stale start would fall due early.
@@ -74,6 +78,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._core: SessionCore | None = None
         self._context: MessageContext | None = None
         self._task: asyncio.Task[None] | None = None
+        # True while _step_session starts a listener task (which may run eagerly, 3.12+).
+        self._starting = False
+        # Where _go_on() runs when a listener task resumes the dialogue (see _decide).
+        self._callback_context = contextvars.copy_context()
         self._timer: asyncio.TimerHandle | None = None
         # Set while a closing connection flushes its last replies: aborts it if that stalls.
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -271,19 +279,22 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                     core.accept()
                 continue
             # Input arriving while the listeners decide is only buffered (see buffer_updated).
-            task = _start_task(self._decide(event, listeners), self._loop)
+            self._starting = True
+            try:
+                task = _start_task(self._decide(event, listeners), self._loop)
+            finally:
+                self._starting = False
             if task.done():
                 # Decided without suspending (Python 3.12+ runs the first step eagerly).
                 self._task = None
                 continue
             self._task = task
-            task.add_done_callback(self._decided)
             return
 
-    def _decided(self, task: asyncio.Task[None]) -> None:
+    def _go_on(self) -> None:
         """Go on with the dialogue once listeners that had to wait have decided."""
         self._task = None
-        if task.cancelled() or self._transport is None or self._transport.is_closing():
+        if self._transport is None or self._transport.is_closing():
             return
         self._last_activity = _clock()
         self._advance()
@@ -317,28 +328,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             # CancelledError or SystemExit is its failure: left to rise, it would leave the
             # client without a reply, or end the server's loop while its port stays bound.
             task = asyncio.current_task()
-            ours = task is not None and task.cancelling() > 0
-            if isinstance(error, asyncio.CancelledError) and ours:
+            if isinstance(error, asyncio.CancelledError) and task and task.cancelling() > 0:
+                self._task = None
                 raise
-            if isinstance(exchange, IncomingAuth):
-                # Neither the exception's text nor its traceback: either may quote a password.
-                listener_log.error(
-                    "%s auth listener failed: %s at %s (message withheld)",
-                    core.session.session_id,
-                    type(error).__name__,
-                    _where(error),
-                )
-                core.reject(replies.AUTH_TEMPORARY_FAILURE)
-                return
-            # One line with the traceback; the client gets no exception text (RFC 5321 451).
-            listener_log.error(
-                "%s %s listener %s failed",
-                core.session.session_id,
-                type(exchange).__name__,
-                _name_of(listener),
-                exc_info=error,
-            )
-            core.reject(replies.LOCAL_ERROR)
+            self._listener_failed(exchange, listener, error)
         else:
             text = exchange.response_text if isinstance(exchange, IncomingMail) else None
             core.accept(text)
@@ -347,10 +340,39 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 session_log.info(
                     "%s authenticated with %s", core.session.session_id, exchange.mechanism
                 )
+        if not self._starting:
+            # Decided after waiting: go on from this task, not from a done callback, which
+            # costs a trip through the loop per message. In the connection's own context:
+            # what a listener set in its context must not leak into the next listener's.
+            self._callback_context.run(self._go_on)
 
-    def _exchange_for(
-        self, event: MailFrom | RcptTo | MessageReceived | AuthAttempt
-    ) -> IncomingFrom | IncomingRecipient | IncomingMail | IncomingAuth:
+    def _listener_failed(
+        self, exchange: Exchange, listener: Callable[..., Any], error: BaseException
+    ) -> None:
+        """Log a listener that raised, and refuse what it was asked about."""
+        core = self._core
+        assert core is not None
+        if isinstance(exchange, IncomingAuth):
+            # Neither the exception's text nor its traceback: either may quote a password.
+            listener_log.error(
+                "%s auth listener failed: %s at %s (message withheld)",
+                core.session.session_id,
+                type(error).__name__,
+                _where(error),
+            )
+            core.reject(replies.AUTH_TEMPORARY_FAILURE)
+            return
+        # One line with the traceback; the client gets no exception text (RFC 5321 451).
+        listener_log.error(
+            "%s %s listener %s failed",
+            core.session.session_id,
+            type(exchange).__name__,
+            _name_of(listener),
+            exc_info=error,
+        )
+        core.reject(replies.LOCAL_ERROR)
+
+    def _exchange_for(self, event: MailFrom | RcptTo | MessageReceived | AuthAttempt) -> Exchange:
         core = self._core
         context = self._context
         assert core is not None and context is not None
