@@ -555,9 +555,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if self._writing_paused:
             # The client reads nothing: its reply can never be flushed, so do not wait for it.
             transport.abort()
-        else:
-            # A client that stops reading now must not hold the connection open either.
+        elif self._core is None or self._core.tls or transport.get_write_buffer_size():
+            # A client that stops reading now must not hold the connection open either (nor,
+            # with TLS, one that never answers our close_notify).
             self._flush_timer = self._loop.call_later(_FLUSH_SECONDS, transport.abort)
+        # Else everything was sent and a plain transport closes at once: no timer needed.
 
     def shutdown(self, force: bool) -> None:
         """Called by the server on stop: close now if idle (or if ``force``), else later."""
