@@ -667,19 +667,18 @@ cdef tuple _split(const unsigned char* p, Py_ssize_t size):
     return verb, arg
 
 
-def plain_path(argument, keyword):
+def plain_path(argument, bytes keyword not None):
     """Recognise the everyday MAIL/RCPT argument: ``KEYWORD:<local@domain>`` in plain ASCII.
 
-    ``keyword`` is upper-case (``b"FROM:"``) and matched in any case. Returns the address
+    ``keyword`` (``bytes``, such as ``b"FROM:"``) is matched in any case. Returns the address
     and the index just past ``>`` when the path is a dot-atom local part, ``@`` and a domain
     of letter-digit-hyphen labels, followed by the end or a space (the parameters). Returns
     None for anything else (quoted local parts, address literals, source routes, ``<>``,
     UTF-8, any flaw): the full grammar in ``fastsmtp._commands`` decides those.
     """
     cdef Py_buffer view
-    cdef bytes word = keyword
-    cdef const unsigned char* k = <const unsigned char*>PyBytes_AS_STRING(word)
-    cdef Py_ssize_t k_size = PyBytes_GET_SIZE(word)
+    cdef const unsigned char* k = <const unsigned char*>PyBytes_AS_STRING(keyword)
+    cdef Py_ssize_t k_size = PyBytes_GET_SIZE(keyword)
     if PyBytes_CheckExact(argument):
         return _plain_path(
             <const unsigned char*>PyBytes_AS_STRING(argument), PyBytes_GET_SIZE(argument),
@@ -700,14 +699,19 @@ cdef object _plain_path(
     cdef Py_ssize_t part
     cdef Py_ssize_t domain
     cdef unsigned char octet
+    cdef unsigned char expected
 
     if size < k_size:
         return None
     for i in range(k_size):
+        # ASCII letters in either case, like the Python twin's re.IGNORECASE on bytes.
         octet = p[i]
+        expected = k[i]
         if 0x61 <= octet <= 0x7A:
             octet -= 32
-        if octet != k[i]:
+        if 0x61 <= expected <= 0x7A:
+            expected -= 32
+        if octet != expected:
             return None
     i = k_size
     while i < size and p[i] == _SP:

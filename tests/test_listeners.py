@@ -690,6 +690,27 @@ def test_respond_text_needs_a_str(make_server: MakeServer, raw_client: Connect) 
     assert send_message(client) == replies.LOCAL_ERROR.wire
 
 
+@pytest.mark.parametrize("waits", [False, True])
+def test_an_unusable_response_text_is_a_listener_failure(
+    make_server: MakeServer, raw_client: Connect, waits: bool
+) -> None:
+    # Set on the attribute, past respond_text()'s check: refused with 451 when the reply is
+    # built, and the connection goes on.
+    server = make_server()
+
+    @server.mail_listener
+    async def sets_bytes(mail: IncomingMail) -> None:
+        if waits:
+            await asyncio.sleep(0)
+        mail.response_text = b"queued"  # type: ignore[assignment]
+
+    client = raw_client(server.start())
+    transaction(client)
+    assert send_message(client) == replies.LOCAL_ERROR.wire
+    assert client.command(b"NOOP") == replies.OK.wire
+    transaction(client)
+
+
 # Slow listeners do not stall other connections
 
 

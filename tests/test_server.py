@@ -633,34 +633,6 @@ def test_client_that_never_reads_is_closed_after_the_timeout(
         greedy.close()
 
 
-async def live_aborts() -> int:
-    """Count the timers of the running asyncio loop still due to abort a transport."""
-    scheduled = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
-    return sum(
-        1
-        for handle in scheduled
-        if not handle.cancelled() and getattr(handle._callback, "__name__", "") == "abort"
-    )
-
-
-def test_a_closed_connection_leaves_no_flush_timer(
-    make_server: MakeServer, raw_client: Connect
-) -> None:
-    # Each close arms a timer that aborts a connection stuck flushing its last replies; once
-    # the connection is gone it must go too, or a busy server piles them up in its loop.
-    server = make_server(event_loop="asyncio").start()
-    for _ in range(3):
-        client = raw_client(server)
-        assert client.command(b"QUIT\r\n").startswith(b"221")
-        assert client.sock.recv(1) == b""
-    deadline = time.monotonic() + 5
-    while server._connections and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not server._connections
-    loop = server._loop_now()
-    assert asyncio.run_coroutine_threadsafe(live_aborts(), loop).result(5) == 0
-
-
 def test_stop_is_not_blocked_by_a_client_that_never_reads(
     make_server: MakeServer, raw_client: Connect
 ) -> None:

@@ -288,6 +288,38 @@ def send_over_starttls(server: SMTPServer, context: ssl.SSLContext) -> dict[str,
 # STARTTLS with real clients
 
 
+async def live_aborts() -> int:
+    """Count the timers of the running asyncio loop still due to abort a transport."""
+    scheduled = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
+    return sum(
+        1
+        for handle in scheduled
+        if not handle.cancelled() and getattr(handle._callback, "__name__", "") == "abort"
+    )
+
+
+def test_a_closed_tls_connection_leaves_no_flush_timer(
+    make_server: MakeServer, client_tls: ssl.SSLContext, server_tls: ssl.SSLContext
+) -> None:
+    # A TLS connection arms a timer when it closes, to abort it should the client never
+    # answer close_notify; once the connection is gone, the timer must go too, or a busy
+    # server piles them up in its loop.
+    server = make_server(tls=server_tls, event_loop="asyncio").start()
+    for _ in range(3):
+        client = RawClient(server.bound_port)
+        try:
+            assert client.reply().startswith(b"220 ")
+            assert client.command(b"EHLO client.test").startswith(b"250-")
+            starttls(client, client_tls)
+            assert client.command(b"QUIT") == replies.CLOSING.wire
+            read_until_closed(client.sock)
+        finally:
+            client.close()
+    wait_for_no_connections(server)
+    loop = server._loop_now()
+    assert asyncio.run_coroutine_threadsafe(live_aborts(), loop).result(CLIENT_TIMEOUT) == 0
+
+
 def test_smtplib_starttls(
     make_server: MakeServer, client_tls: ssl.SSLContext, server_tls: ssl.SSLContext
 ) -> None:

@@ -210,5 +210,16 @@ path_pieces = st.sampled_from(
     argument=st.one_of(st.binary(max_size=60), st.lists(path_pieces, max_size=12).map(b"".join))
 )
 def test_plain_path_agrees(c, py, argument):
-    for keyword in (b"FROM:", b"TO:"):
+    for keyword in (b"FROM:", b"TO:", b"from:", b"To:"):
         assert c.plain_path(argument, keyword) == py.plain_path(argument, keyword)
+
+
+class Keyword(bytes):
+    pass
+
+
+@pytest.mark.parametrize("keyword", [None, "FROM:", memoryview(b"FROM:"), Keyword(b"FROM:")])
+def test_plain_path_takes_only_a_bytes_keyword(c, py, keyword):
+    for twin in (c, py):
+        with pytest.raises(TypeError):
+            twin.plain_path(b"FROM:<a@b>", keyword)

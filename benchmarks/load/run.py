@@ -9,11 +9,14 @@ count is checked against what the client sent. Runs are interleaved (every serve
 every server again) and each figure printed is the median over the repetitions.
 
 The machine may have few cores: the load generator competes with the server for them, which
-is why server CPU per message, not messages per second, is the figure to compare.
+is why server CPU per message, not messages per second, is the figure to compare. A bare
+asyncio Protocol that only splits lines and answers runs beside them on each loop: the floor
+that any Python receiver on this machine and loop stands on.
 
     python benchmarks/load/run.py --quick           # under a minute: every workload once
     python benchmarks/load/run.py                   # the full run, five repetitions
     python benchmarks/load/run.py --profile py-spy  # where fastsmtp's time goes (workload 1)
+    python benchmarks/load/run.py --quick --only w1 --servers fastsmtp/uvloop/c,bare/uvloop
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    server: str  # "fastsmtp" or "aiosmtpd"
+    server: str  # "fastsmtp", "aiosmtpd" or "bare" (the reference floor)
     loop: str  # "asyncio" or "uvloop"
-    twin: str  # fastsmtp's hot path, "c" or "py"; "-" for aiosmtpd
+    twin: str  # fastsmtp's hot path, "c" or "py"; "-" for the others
 
     @property
     def name(self) -> str:
@@ -581,8 +584,11 @@ def main() -> int:
     repeat = args.repeat or (1 if args.quick else 5)
     variants = [v for v in VARIANTS if v.twin != "c" or _has_compiled_twin()]
     if args.servers:
-        wanted = args.servers.split(",")
+        wanted = [w for w in args.servers.split(",") if w]
         variants = [v for v in variants if any(v.name.startswith(w) for w in wanted)]
+        if not wanted or not variants:
+            parser.error(f"--servers {args.servers!r} names none of: "
+                         + ", ".join(v.name for v in VARIANTS))  # fmt: skip
     try:
         import uvloop  # noqa: F401
     except ImportError:

@@ -1,4 +1,5 @@
-"""One SMTP server under load, in a process of its own: fastsmtp (either twin) or aiosmtpd.
+"""One SMTP server under load, in a process of its own: fastsmtp (either twin), aiosmtpd, or
+the bare reference Protocol.
 
 run.py starts one of these per measured run, so the CPU time and the peak RSS of this process
 belong to that server and that run alone. The loop runs in the main thread; a second thread
@@ -71,7 +72,7 @@ async def serve_fastsmtp(
 
 
 class BareProtocol(asyncio.Protocol):
-    """The floor: splits lines, says 250 (354 to DATA) and keeps each body, nothing more.
+    """The floor: splits lines, says 250 (354 to DATA), makes each body one bytes object.
 
     Not an SMTP server (no grammar, no states, no dot-unstuffing, no limits): the least any
     Python receiver on this loop must do per message, to read the other rows against.
@@ -122,6 +123,8 @@ class BareProtocol(asyncio.Protocol):
             elif verb == b"QUIT":
                 self.transport.write(self.BYE)
                 self.transport.close()
+                pending.clear()  # nothing after QUIT is read
+                return
             else:
                 self.transport.write(self.OK)
         del pending[:start]

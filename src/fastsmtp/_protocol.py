@@ -309,42 +309,50 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         # Known as this connection's listener task from its first step (stop_async needs it).
         self._task = asyncio.current_task()
         exchange = self._exchange_for(event)
+        ending = False  # our own cancellation, or the coroutine being closed
         try:
-            for listener, is_coroutine in listeners:
-                if is_coroutine:
-                    await listener(exchange)
-                else:
-                    result = await self._server._call_in_worker(listener, exchange)
-                    if inspect.isawaitable(result):
-                        await result
-        except DropConnection as drop:
-            core.reject(drop.reply, close=True)
-        except RejectError as rejection:
-            core.reject(rejection.reply)
-        except (KeyboardInterrupt, GeneratorExit):
-            raise
-        except BaseException as error:
-            # Only our own cancellation (stop, a lost connection) ends the task. A listener's
-            # CancelledError or SystemExit is its failure: left to rise, it would leave the
-            # client without a reply, or end the server's loop while its port stays bound.
-            task = asyncio.current_task()
-            if isinstance(error, asyncio.CancelledError) and task and task.cancelling() > 0:
-                self._task = None
+            try:
+                for listener, is_coroutine in listeners:
+                    if is_coroutine:
+                        await listener(exchange)
+                    else:
+                        result = await self._server._call_in_worker(listener, exchange)
+                        if inspect.isawaitable(result):
+                            await result
+                # A text a listener set is checked here: if it is unusable, the listener failed.
+                text = exchange.response_text if isinstance(exchange, IncomingMail) else None
+                core.accept(text)
+            except DropConnection as drop:
+                core.reject(drop.reply, close=True)
+            except RejectError as rejection:
+                core.reject(rejection.reply)
+            except (KeyboardInterrupt, GeneratorExit):
+                ending = True
                 raise
-            self._listener_failed(exchange, listener, error)
-        else:
-            text = exchange.response_text if isinstance(exchange, IncomingMail) else None
-            core.accept(text)
-            if isinstance(exchange, IncomingAuth):
-                # Not the user name: it is half of the credentials.
-                session_log.info(
-                    "%s authenticated with %s", core.session.session_id, exchange.mechanism
-                )
-        if not self._starting:
-            # Decided after waiting: go on from this task, not from a done callback, which
-            # costs a trip through the loop per message. In the connection's own context:
-            # what a listener set in its context must not leak into the next listener's.
-            self._callback_context.run(self._go_on)
+            except BaseException as error:
+                # Only our own cancellation (stop, a lost connection) ends the task. A
+                # listener's CancelledError or SystemExit is its failure: left to rise, it
+                # would leave the client without a reply, or end the loop while the port
+                # stays bound.
+                task = asyncio.current_task()
+                if isinstance(error, asyncio.CancelledError) and task and task.cancelling():
+                    ending = True
+                    self._task = None
+                    raise
+                self._listener_failed(exchange, listener, error)
+            else:
+                if isinstance(exchange, IncomingAuth):
+                    # Not the user name: it is half of the credentials.
+                    session_log.info(
+                        "%s authenticated with %s", core.session.session_id, exchange.mechanism
+                    )
+        finally:
+            if not ending and not self._starting:
+                # Decided after waiting: go on from this task, not from a done callback, which
+                # costs a trip through the loop per message; even after a failure of ours, so
+                # the connection is never left waiting. In the connection's own context: what
+                # a listener set in its context must not leak into the next listener's.
+                self._callback_context.run(self._go_on)
 
     def _listener_failed(
         self, exchange: Exchange, listener: Callable[..., Any], error: BaseException

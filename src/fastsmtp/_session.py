@@ -335,6 +335,8 @@ class SessionCore:
 
     def accept(self, text: str | None = None) -> None:
         """Resolve the pending decision positively; ``text`` replaces the default 250 text."""
+        # Built first: a text that cannot be sent raises before anything has changed.
+        custom = None if text is None or text == "" else replies.custom_reply(250, text, "2.0.0")
         event = self.pending
         self.pending = None
         if isinstance(event, MailFrom):
@@ -348,10 +350,7 @@ class SessionCore:
             self.session.messages_accepted += 1
             self.junk_commands = 0
             self._end_transaction()
-            if text:
-                self._out.append(replies.custom_reply(250, text, "2.0.0").wire)
-            else:
-                self._out.append(replies.MESSAGE_ACCEPTED.wire)
+            self._out.append((custom or replies.MESSAGE_ACCEPTED).wire)
         elif isinstance(event, AuthAttempt):
             self.session.authenticated_user = event.username
             self._out.append(replies.AUTH_SUCCEEDED.wire)

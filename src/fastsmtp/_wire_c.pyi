@@ -110,7 +110,7 @@ def split_command(line: bytes) -> tuple[bytes, bytes]:
 def plain_path(argument: bytes, keyword: bytes) -> tuple[str, int] | None:
     """Recognise the everyday MAIL/RCPT argument: ``KEYWORD:<local@domain>`` in plain ASCII.
 
-    ``keyword`` is upper-case (``b"FROM:"``) and matched in any case. Returns the address
+    ``keyword`` (``bytes``, such as ``b"FROM:"``) is matched in any case. Returns the address
     and the index just past ``>`` when the path is a dot-atom local part, ``@`` and a domain
     of letter-digit-hyphen labels, followed by the end or a space (the parameters). Returns
     None for anything else (quoted local parts, address literals, source routes, ``<>``,

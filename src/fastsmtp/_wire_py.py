@@ -9,6 +9,7 @@ however the input is split into chunks; ``tests/test_wire_parity.py`` holds them
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 
@@ -52,11 +53,15 @@ MAX_DOMAIN_LENGTH = 255
 MAX_LABEL_LENGTH = 63
 
 # plain_path()'s shape: spaces, "<", a dot-atom of RFC 5322 atext, "@", LDH labels (neither
-# starting nor ending with a hyphen), ">", then the end or a space. Patterns per keyword.
+# starting nor ending with a hyphen), ">", then the end or a space.
 _ATOM = rb"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
 _LABEL = rb"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,%d}[A-Za-z0-9])?" % (MAX_LABEL_LENGTH - 2)
 _PLAIN_PATH = rb" *<(%s(?:\.%s)*@(%s(?:\.%s)*))>(?= |\Z)" % (_ATOM, _ATOM, _LABEL, _LABEL)
-_plain_path_patterns: dict[bytes, re.Pattern[bytes]] = {}
+
+
+@functools.lru_cache(maxsize=8)
+def _plain_path_pattern(keyword: bytes) -> re.Pattern[bytes]:
+    return re.compile(re.escape(keyword) + _PLAIN_PATH, re.IGNORECASE)
 
 
 class LineTooLong(Exception):
@@ -282,16 +287,15 @@ def split_command(line: bytes) -> tuple[bytes, bytes]:
 def plain_path(argument: bytes, keyword: bytes) -> tuple[str, int] | None:
     """Recognise the everyday MAIL/RCPT argument: ``KEYWORD:<local@domain>`` in plain ASCII.
 
-    ``keyword`` is upper-case (``b"FROM:"``) and matched in any case. Returns the address
+    ``keyword`` (``bytes``, such as ``b"FROM:"``) is matched in any case. Returns the address
     and the index just past ``>`` when the path is a dot-atom local part, ``@`` and a domain
     of letter-digit-hyphen labels, followed by the end or a space (the parameters). Returns
     None for anything else (quoted local parts, address literals, source routes, ``<>``,
     UTF-8, any flaw): the full grammar in ``fastsmtp._commands`` decides those.
     """
-    pattern = _plain_path_patterns.get(keyword)
-    if pattern is None:
-        pattern = re.compile(re.escape(keyword) + _PLAIN_PATH, re.IGNORECASE)
-        _plain_path_patterns[keyword] = pattern
+    if type(keyword) is not bytes:  # as the compiled twin's signature demands
+        raise TypeError(f"keyword must be bytes, not {type(keyword).__name__}")
+    pattern = _plain_path_pattern(keyword)
     match = pattern.match(argument)
     if match is None or match.end(2) - match.start(2) > MAX_DOMAIN_LENGTH:
         return None
