@@ -696,7 +696,6 @@ cdef object _plain_path(
 ):
     cdef Py_ssize_t i
     cdef Py_ssize_t start
-    cdef Py_ssize_t part
     cdef Py_ssize_t domain
     cdef unsigned char octet
     cdef unsigned char expected
@@ -721,36 +720,44 @@ cdef object _plain_path(
     i += 1
     start = i
 
-    # The local part: non-empty atoms of atext, one dot between each two.
-    while True:
-        part = i
-        while i < size and _ADDRESS[p[i]] & _ATEXT:
-            i += 1
-        if i == part:
-            return None
-        if i == size or p[i] != _DOT:
-            break
-        i += 1
-    if i == size or p[i] != _AT:
+    # The local part: atoms of atext; then "@" and the domain: labels (see _dotted).
+    i = _dotted(p, i, size, _ATEXT)
+    if i < 0 or i == size or p[i] != _AT:
         return None
     i += 1
     domain = i
-
-    # The domain: labels of letters, digits and inner hyphens, one dot between each two.
-    while True:
-        part = i
-        while i < size and _ADDRESS[p[i]] & _LDH:
-            i += 1
-        if i == part or i - part > _MAX_LABEL or p[part] == _HYPHEN or p[i - 1] == _HYPHEN:
-            return None
-        if i == size or p[i] != _DOT:
-            break
-        i += 1
+    i = _dotted(p, i, size, _LDH)
+    if i < 0:
+        return None
     if i - domain > _MAX_DOMAIN or i == size or p[i] != _GREATER:
         return None
     if i + 1 < size and p[i + 1] != _SP:
         return None
     return PyUnicode_DecodeASCII(<const char*>p + start, i - start, NULL), i + 1
+
+
+cdef Py_ssize_t _dotted(
+    const unsigned char* p, Py_ssize_t i, Py_ssize_t size, unsigned char kind
+) noexcept:
+    """Return the end of non-empty runs of ``kind`` octets joined by single dots, from ``i``.
+
+    For ``_LDH`` the runs are domain labels: at most _MAX_LABEL octets, no hyphen at either
+    end. Returns -1 if the runs are malformed.
+    """
+    cdef Py_ssize_t part
+    while True:
+        part = i
+        while i < size and _ADDRESS[p[i]] & kind:
+            i += 1
+        if i == part:
+            return -1
+        if kind == _LDH and (
+            i - part > _MAX_LABEL or p[part] == _HYPHEN or p[i - 1] == _HYPHEN
+        ):
+            return -1
+        if i == size or p[i] != _DOT:
+            return i
+        i += 1
 
 
 def classify_command(line):
