@@ -27,7 +27,7 @@ from ._session import (
     _Close,
     _StartTLS,
 )
-from ._state import SessionState
+from ._state import CLOSED, DATA
 from .auth import IncomingAuth
 from .context import MessageContext, Session
 from .errors import DropConnection, RejectError
@@ -163,7 +163,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         core = self._core
         if core is None:
             return
-        if core.state is SessionState.DATA:
+        if core.state is DATA:
             # Content keeps a client alive (the DATA deadline bounds it); between commands
             # only a whole command does, in _step_session, so no line can be trickled forever.
             self._last_activity = _clock()
@@ -182,7 +182,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         core = self._core
         if core is None:
             return
-        if core.state is SessionState.DATA:
+        if core.state is DATA:
             self._last_activity = _clock()  # as in buffer_updated()
         if self._tls_early is not None:
             self._tls_early += data
@@ -216,7 +216,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._server._forget(self, self._peer_host)
         # After our own close an error is no news (a TLS client that leaves without
         # answering close_notify resets the connection): the reason stays ours.
-        if exc is not None and core.state is not SessionState.CLOSED:
+        if exc is not None and core.state is not CLOSED:
             self._close_reason = f"connection error: {exc}"
         session_log.info(
             "%s closed: %s, %.3fs, %d message(s) accepted",
@@ -260,7 +260,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 self._last_activity = _clock()
                 transport.write(out)
             if event is None:
-                if core.state is SessionState.DATA and self._data_phase != core.data_phases:
+                if core.state is DATA and self._data_phase != core.data_phases:
                     self._data_phase = core.data_phases
                     self._data_deadline = _clock() + self._server.data_timeout
                 return
@@ -524,11 +524,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
         # However steadily a client trickles, one message's content has a deadline.
         core = self._core
-        in_data = (
-            core is not None
-            and core.state is SessionState.DATA
-            and core.data_phases == self._data_phase
-        )
+        in_data = core is not None and core.state is DATA and core.data_phases == self._data_phase
         if in_data and self._task is None and now >= self._data_deadline:
             self._close(replies.DATA_TIMEOUT, "DATA deadline")
             return

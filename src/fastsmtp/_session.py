@@ -21,7 +21,7 @@ from typing import Final
 
 from . import replies
 from ._commands import MailArguments, parse_mail, parse_rcpt
-from ._state import SessionState
+from ._state import CLOSED, DATA, GREETED, MAIL, RCPT, READY
 from .context import Session
 from .errors import CommandError
 from .replies import Reply
@@ -232,7 +232,7 @@ class SessionCore:
         ``starttls`` if STARTTLS may upgrade it."""
         self.config = config
         self.session = session
-        self.state = SessionState.GREETED
+        self.state = GREETED
         self.envelope_from: str | None = None
         self.mail_arguments: MailArguments | None = None
         self.recipients: list[str] = []
@@ -275,7 +275,7 @@ class SessionCore:
         Between STARTTLS and ``tls_established()`` the bytes are dropped: they can only be
         plaintext sent before the handshake, and must never be run inside it.
         """
-        if self.state is not SessionState.CLOSED and not self._tls_pending:
+        if self.state is not CLOSED and not self._tls_pending:
             self._reader.feed(data)
 
     def step(self) -> Event | None:
@@ -290,15 +290,15 @@ class SessionCore:
             raise RuntimeError(f"step() with {type(self.pending).__name__} undecided")
         reader = self._reader
         while True:
-            if self.state is SessionState.CLOSED:
+            if self.state is CLOSED:
                 return CLOSE
             if self._tls_pending:
                 return None
-            if self._stop_when_idle and self.state < SessionState.MAIL:
+            if self._stop_when_idle and self.state < MAIL:
                 self.close(replies.SHUTTING_DOWN, "server shutting down")
                 return CLOSE
 
-            if self.state is SessionState.DATA:
+            if self.state is DATA:
                 if not reader.read_data():
                     return None
                 event = self._on_data_end()
@@ -344,7 +344,7 @@ class SessionCore:
             self._out.append(replies.SENDER_OK.wire)
         elif isinstance(event, RcptTo):
             self.recipients.append(event.address)
-            self.state = SessionState.RCPT
+            self.state = RCPT
             self._out.append(replies.RECIPIENT_OK.wire)
         elif isinstance(event, MessageReceived):
             self.session.messages_accepted += 1
@@ -397,19 +397,19 @@ class SessionCore:
         self.tls = True
         self._tls_required = False
         self._end_transaction()
-        if self.state is not SessionState.CLOSED:
-            self.state = SessionState.GREETED
+        if self.state is not CLOSED:
+            self.state = GREETED
         self.session.helo = None
         self.session.esmtp = False
         self.session.authenticated_user = None
 
     def close(self, reply: Reply | None = None, reason: str = "closed by the server") -> None:
         """Stop the dialogue: ``reply`` (if any) is the last output, nothing more is read."""
-        if self.state is SessionState.CLOSED:
+        if self.state is CLOSED:
             return
         if reply is not None:
             self._out.append(reply.wire)
-        self.state = SessionState.CLOSED
+        self.state = CLOSED
         self.pending = None
         self.close_reason = reason
 
@@ -498,12 +498,12 @@ class SessionCore:
         self._end_transaction()
         self.session.helo = argument.decode("utf-8", "replace")
         self.session.esmtp = esmtp
-        self.state = SessionState.READY
+        self.state = READY
 
     def _on_mail(self, argument: bytes) -> Event | None:
-        if self.state is SessionState.GREETED:
+        if self.state is GREETED:
             return self._protocol_error(replies.NEED_HELO)
-        if SessionState.MAIL <= self.state <= SessionState.DATA:
+        if MAIL <= self.state <= DATA:
             return self._protocol_error(replies.SENDER_ALREADY_SPECIFIED)
         if self.config.require_auth and self.session.authenticated_user is None:
             return self._refuse(replies.AUTH_REQUIRED)
@@ -518,7 +518,7 @@ class SessionCore:
         return None
 
     def _on_rcpt(self, argument: bytes) -> Event | None:
-        if not SessionState.MAIL <= self.state <= SessionState.DATA:
+        if not MAIL <= self.state <= DATA:
             return self._protocol_error(replies.NEED_MAIL)
         if len(self.recipients) >= self.config.max_recipients:
             return self._refuse(replies.TOO_MANY_RECIPIENTS)
@@ -528,20 +528,20 @@ class SessionCore:
             self.pending = RcptTo(address)
             return self.pending
         self.recipients.append(address)
-        self.state = SessionState.RCPT
+        self.state = RCPT
         self._out.append(replies.RECIPIENT_OK.wire)
         return None
 
     def _on_data(self, argument: bytes) -> Event | None:
         if argument:
             return self._protocol_error(replies.NO_ARGUMENTS)
-        if not SessionState.MAIL <= self.state <= SessionState.DATA:
+        if not MAIL <= self.state <= DATA:
             return self._protocol_error(replies.NEED_MAIL)
         if not self.recipients:
             return self._protocol_error(replies.NEED_RCPT)
         self._out.append(replies.START_MAIL_INPUT.wire)
         self._reader.start_data(self.config.max_message_size)
-        self.state = SessionState.DATA
+        self.state = DATA
         self.data_phases += 1
         return None
 
@@ -624,7 +624,7 @@ class SessionCore:
             return self._protocol_error(replies.UNKNOWN_COMMAND)
         if not self._auth_offered():
             return self._protocol_error(replies.AUTH_NEEDS_TLS)
-        if self.state is SessionState.GREETED:
+        if self.state is GREETED:
             return self._protocol_error(replies.NEED_HELO)
         if self.session.authenticated_user is not None:
             return self._protocol_error(replies.ALREADY_AUTHENTICATED)
@@ -705,14 +705,14 @@ class SessionCore:
         self.envelope_from = arguments.address
         self.mail_arguments = arguments
         self.recipients = []
-        self.state = SessionState.MAIL
+        self.state = MAIL
 
     def _end_transaction(self) -> None:
         self.envelope_from = None
         self.mail_arguments = None
         self.recipients = []
-        if self.state is not SessionState.GREETED and self.state is not SessionState.CLOSED:
-            self.state = SessionState.READY
+        if self.state is not GREETED and self.state is not CLOSED:
+            self.state = READY
 
 
 # Verb dispatch, built once: an explicit table rather than a scan for methods by name.
