@@ -135,17 +135,17 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             tls=implicit_tls,
             starttls=server._offers_starttls(self._endpoint),
         )
-        if session_log.isEnabledFor(logging.INFO):
-            core.on_refuse = self._log_refusal
         self._core = core
         self._context = MessageContext(session, server)
-        session_log.info(
-            "%s open peer=%r local=%r tls=%s",
-            session.session_id,
-            session.peer,
-            session.local,
-            "implicit" if implicit_tls else "no",
-        )
+        if session_log.isEnabledFor(logging.INFO):
+            core.on_refuse = self._log_refusal
+            session_log.info(
+                "%s open peer=%r local=%r tls=%s",
+                session.session_id,
+                session.peer,
+                session.local,
+                "implicit" if implicit_tls else "no",
+            )
         self._last_activity = _clock()
         self._timer = self._loop.call_later(server._timeout_seconds, self._check_idle)
         if implicit_tls:
@@ -262,7 +262,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             if event is None:
                 if core.state is DATA and self._data_phase != core.data_phases:
                     self._data_phase = core.data_phases
-                    self._data_deadline = _clock() + self._server.data_timeout
+                    self._data_deadline = _clock() + self._server._data_timeout
                 return
             if isinstance(event, _Close):
                 self._close(None, core.close_reason)
@@ -306,8 +306,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     ) -> None:
         core = self._core
         assert core is not None
-        # Known as this connection's listener task from its first step (stop_async needs it).
-        self._task = asyncio.current_task()
+        if self._starting:
+            # Started eagerly (3.12+): known as this connection's listener task from its first
+            # step, which may call stop_async(). Otherwise _step_session already set it.
+            self._task = asyncio.current_task()
         exchange = self._exchange_for(event)
         ending = False  # our own cancellation, or the coroutine being closed
         try:

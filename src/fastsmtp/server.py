@@ -322,7 +322,12 @@ class SMTPServer:
 
         # Filled in when serving starts.
         self._config: SessionConfig | None = None
+        # Options read per connection or per message, copied here: an option is a descriptor,
+        # a Python call per read. They cannot change while the server runs.
         self._timeout_seconds = 60.0
+        self._data_timeout = 600.0
+        self._max_connections = 1000
+        self._per_address_limit: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
         self._accept_errors: AcceptErrorReporter | None = None
@@ -590,6 +595,9 @@ class SMTPServer:
         endpoints = self.endpoints
         self._check_security(endpoints)
         self._timeout_seconds = self.connection_timeout
+        self._data_timeout = self.data_timeout
+        self._max_connections = self.max_connections
+        self._per_address_limit = self.max_connections_per_address
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self._all_closed = asyncio.Event()
@@ -750,9 +758,9 @@ class SMTPServer:
         reporter = self._accept_errors
         if reporter is not None and reporter.failures:
             reporter.accepted()
-        if self._closing or len(self._connections) >= self.max_connections:
+        if self._closing or len(self._connections) >= self._max_connections:
             return False
-        per_address = self.max_connections_per_address
+        per_address = self._per_address_limit
         if per_address is not None:
             count = self._per_address.get(peer_host, 0)
             if count >= per_address:
@@ -765,7 +773,7 @@ class SMTPServer:
         if connection not in self._connections:
             return
         self._connections.discard(connection)
-        if self.max_connections_per_address is not None:
+        if self._per_address_limit is not None:
             count = self._per_address.pop(peer_host, 1) - 1
             if count > 0:
                 self._per_address[peer_host] = count
