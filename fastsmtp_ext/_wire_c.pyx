@@ -78,6 +78,10 @@ cdef enum:
     # A body doubles its room up to this size, then grows by a quarter at a time.
     _GROW_SLOWLY_FROM = 4 * 1024 * 1024
 
+    # A body that outgrows _MAP_FROM moves at once into _MAPPED_ROOM (see _map_body).
+    _MAP_FROM = 1024 * 1024
+    _MAPPED_ROOM = 33 * 1024 * 1024
+
 # C copies of the Python twin's bit values.
 CTRL = _CTRL
 EIGHT_BIT = _EIGHT_BIT
@@ -576,6 +580,8 @@ cdef class WireReader:
         cap = min(cap, max(need, self._data_limit))  # content past the limit is not kept
         self._size_hint = 0
 
+        if _MAP_FROM <= cap < _MAPPED_ROOM and sizeof(void*) >= 8 and self._map_body():
+            return 0
         if self._body == NULL:
             fresh = PyBytes_FromStringAndSize(NULL, cap)
             Py_INCREF(fresh)
@@ -584,6 +590,28 @@ cdef class WireReader:
             return 0
         self._resize_body(cap)
         return 0
+
+    cdef bint _map_body(self) except -1:
+        """Move the body into ``_MAPPED_ROOM`` octets of room; False if they are not to be had.
+
+        That much is above glibc's largest mmap threshold (32 MiB on 64-bit), so the block
+        is always mapped: room never written costs no memory, it grows and shrinks in place
+        (mremap), and it goes back to the system once freed. Below that threshold, which
+        rises to the size of any mapped block freed, a body would grow on the heap: copied
+        on realloc, and resident after it is freed (w3 in BENCHMARKS.md).
+        """
+        cdef object fresh
+        try:
+            fresh = PyBytes_FromStringAndSize(NULL, _MAPPED_ROOM)
+        except MemoryError:
+            return False  # no address space or commit to spare: grow as content comes
+        if self._body_len:
+            memcpy(PyBytes_AS_STRING(fresh), _bytes_data(self._body), <size_t>self._body_len)
+        Py_CLEAR(self._body)
+        Py_INCREF(fresh)
+        self._body = <PyObject*>fresh
+        self._body_cap = _MAPPED_ROOM
+        return True
 
     cdef int _resize_body(self, Py_ssize_t size) except -1:
         """Resize the body object in place when the allocator can (realloc)."""

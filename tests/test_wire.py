@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from types import ModuleType
 
 import pytest
 
-from fastsmtp import _wire_py
+from fastsmtp import _wire, _wire_py
 
 END = b"\r\n.\r\n"
 
@@ -407,6 +409,67 @@ def test_large_body_in_chunks(wire):
     assert done
     assert reader.data_size == len(expected)
     assert reader.take_data() == expected
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_multi_mib_bodies_one_after_another(wire, declared):
+    # Past 1 MiB the compiled twin moves a body into mapped room: content before and after
+    # the move, a declared size, and the next message on the same reader all come out whole.
+    line = b"0123456789abcdefghijklmnopqrstuvwxyz.,;:!?0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n"
+    for copies in (40_000, 14_000):
+        raw = b"..dot\r\n" + line * copies
+        expected = raw[1:]
+        reader = wire.WireReader()
+        reader.start_data(8 * 1024 * 1024, len(expected) if declared else 0)
+        for start in range(0, len(raw), 65_521):
+            reader.feed(raw[start : start + 65_521])
+            assert not reader.read_data()
+        reader.feed(END[2:])
+        assert reader.read_data()
+        assert reader.take_data() == expected
+
+
+# Without address space for the mapped room (RLIMIT_AS), the body grows as before.
+_NO_ROOM_FOR_MAPPING = """
+import resource
+from fastsmtp import _wire
+
+wire = _wire.load("c")
+with open("/proc/self/status") as status:
+    size = next(int(line.split()[1]) for line in status if line.startswith("VmSize"))
+headroom = 24 * 1024 * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size * 1024 + headroom, resource.RLIM_INFINITY))
+try:
+    bytearray(33 * 1024 * 1024)
+except MemoryError:
+    pass
+else:
+    raise SystemExit("the limit leaves room for a mapping: the test would prove nothing")
+body = b"x" * 78 + b"\\r\\n"
+reader = wire.WireReader()
+reader.start_data(4 * 1024 * 1024)
+for _ in range(2 * 1024 * 1024 // len(body)):
+    reader.feed(body)
+    reader.read_data()
+reader.feed(b".\\r\\n")
+assert reader.read_data()
+assert reader.take_data() == body * (2 * 1024 * 1024 // len(body))
+print("whole")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmSize and RLIMIT_AS")
+def test_body_without_room_for_a_mapping_grows_as_before():
+    if _wire.NO_EXTENSIONS:
+        pytest.skip("FASTSMTP_NO_EXTENSIONS is set: the compiled twin is not expected")
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_ROOM_FOR_MAPPING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "whole"), done.stderr[-2000:]
 
 
 # Command tokenising
