@@ -17,6 +17,7 @@ that any Python receiver on this machine and loop stands on.
     python benchmarks/load/run.py                   # the full run, five repetitions
     python benchmarks/load/run.py --profile py-spy  # where fastsmtp's time goes (workload 1)
     python benchmarks/load/run.py --quick --only w1 --servers fastsmtp/uvloop/c,bare/uvloop
+    python benchmarks/load/run.py --instructions 1000 --only w1  # stable counts (callgrind)
 """
 
 from __future__ import annotations
@@ -135,10 +136,14 @@ class ServerProcess:
     """One serve.py process: started, asked for its counters, measured from /proc, stopped."""
 
     def __init__(
-        self, variant: Variant, cprofile: str | None = None, lag_monitor: bool = False
+        self,
+        variant: Variant,
+        cprofile: str | None = None,
+        lag_monitor: bool = False,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
         command = [
-            sys.executable, str(HERE / "serve.py"),
+            *wrapper, sys.executable, str(HERE / "serve.py"),
             "--server", variant.server, "--loop", variant.loop,
         ]  # fmt: skip
         if variant.server == "fastsmtp":
@@ -152,7 +157,9 @@ class ServerProcess:
         )
         self.pid = self.process.pid
         self._lines = LineReader(self.process.stdout)
-        ready = self._lines.readline(30.0)
+        # Under a wrapper such as valgrind everything runs tens of times slower.
+        self._patience = 20.0 if wrapper else 1.0
+        ready = self._lines.readline(30.0 * self._patience)
         if not ready.startswith("READY "):
             raise RuntimeError(f"{variant.name} did not start: {ready!r}")
         self.port = int(ready.split()[1])
@@ -160,7 +167,7 @@ class ServerProcess:
     def stats(self) -> dict[str, float]:
         assert self.process.stdin is not None
         self.process.stdin.write(b"stats\n")
-        stats: dict[str, float] = json.loads(self._lines.readline(10.0))
+        stats: dict[str, float] = json.loads(self._lines.readline(10.0 * self._patience))
         stats["cpu"] = stats["utime"] + stats["stime"]
         stats["proc_cpu"] = self.proc_cpu()
         return stats
@@ -186,7 +193,7 @@ class ServerProcess:
             except BrokenPipeError:
                 pass
             try:
-                self.process.wait(15.0)
+                self.process.wait(15.0 * self._patience)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -477,6 +484,74 @@ def _has_compiled_twin() -> bool:
     return True
 
 
+# Instructions per message
+
+
+def instructions(
+    variants: list[Variant], workload: Workload, messages: int, use_smtp_source: bool
+) -> int:
+    """Count each server's instructions per message under callgrind; print a table.
+
+    CPU time on a shared machine moves by 10-20% between runs; the instructions a server
+    executes in user space hardly move. Each server runs ``messages`` and then twice as many
+    messages, in two processes: the difference is the cost of ``messages`` messages, without
+    the start and the stop. Kernel time (the socket calls) is not counted.
+    """
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("valgrind is not installed (Debian package valgrind)")
+        return 1
+    print(f"instructions per message by callgrind ({workload.key}: {workload.title}), "
+          f"from runs of {messages} and {2 * messages} messages")  # fmt: skip
+    per_message: dict[str, float] = {}
+    for variant in variants:
+        once = _count(valgrind, variant, workload, messages, use_smtp_source)
+        twice = _count(valgrind, variant, workload, 2 * messages, use_smtp_source)
+        if once is None or twice is None:
+            print(f"  {variant.name}: a run failed, not counted")
+            continue
+        count = per_message[variant.name] = (twice - once) / messages
+        print(f"  {variant.name:24} {count:12,.0f} instructions/msg", flush=True)
+
+    print()
+    print("| server | loop | twin | instructions/msg | aiosmtpd ÷ this | this ÷ bare |")
+    print("|---|---|---|---|---|---|")
+    for variant in variants:
+        own = per_message.get(variant.name)
+        if own is None:
+            continue
+        peer = per_message.get(Variant("aiosmtpd", variant.loop, "-").name)
+        floor = per_message.get(Variant("bare", variant.loop, "-").name)
+        print(f"| {variant.server} | {variant.loop} | {variant.twin} | {own:,.0f} "
+              f"| {_ratio(peer, own)} | {_ratio(own, floor)} |")  # fmt: skip
+    return 0 if len(per_message) == len(variants) else 1
+
+
+def _count(
+    valgrind: str, variant: Variant, workload: Workload, messages: int, use_smtp_source: bool
+) -> int | None:
+    """Run ``messages`` messages through one server under callgrind; its instruction total."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "callgrind.out")
+        wrapper = (valgrind, "-q", "--tool=callgrind", f"--callgrind-out-file={out}")
+        server = ServerProcess(variant, wrapper=wrapper)
+        try:
+            before = server.stats()["messages"]
+            load = drive(dataclasses.replace(workload, messages=messages), server.port,
+                         use_smtp_source)  # fmt: skip
+            received = server.stats()["messages"] - before
+        finally:
+            server.stop()
+        if load["errors"] or received != messages:
+            print(f"  {variant.name}: {received} of {messages} received, {load['errors']}")
+            return None
+        # callgrind's own total, written when the process ends.
+        for line in Path(out).read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    return None
+
+
 # Profiling
 
 
@@ -565,6 +640,12 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25, help="profile lines to print")
     parser.add_argument("--native", action="store_true", help="py-spy: C frames too")
     parser.add_argument("--gil", action="store_true", help="py-spy: only samples holding the GIL")
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        metavar="N",
+        help="count instructions per message under callgrind, from runs of N and 2N messages",
+    )
     args = parser.parse_args()
 
     chosen = workloads(args.quick)
@@ -593,6 +674,10 @@ def main() -> int:
         import uvloop  # noqa: F401
     except ImportError:
         variants = [v for v in variants if v.loop != "uvloop"]
+
+    if args.instructions:
+        # The first workload chosen, as for --profile.
+        return instructions(variants, chosen[0], args.instructions, use_smtp_source)
 
     print(machine())
     print(f"load generator: {'smtp-source' if use_smtp_source else 'client.py'}"
