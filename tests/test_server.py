@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import smtplib
 import socket
 import subprocess
@@ -22,7 +23,14 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from fastsmtp import DEFAULT_MAX_MESSAGE_SIZE, IncomingMail, SMTPServer, replies, smtp_server
+from fastsmtp import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    IncomingMail,
+    SMTPServer,
+    _session,
+    replies,
+    smtp_server,
+)
 
 GREETING = b"220 mx.test ESMTP fastsmtp\r\n"
 MESSAGE = b"From: alice@example.org\r\nSubject: hello\r\n\r\nHello, Bob.\r\n"
@@ -428,6 +436,33 @@ def test_message_sent_byte_by_byte(make_server: MakeServer, raw_client: Connect)
         client.send(bytes([byte]))
     assert client.reply() == replies.MESSAGE_ACCEPTED.wire
     assert received[0].data == b"a\r\n.b\r\n"
+
+
+# A fault of the server itself
+
+
+def test_a_fault_of_ours_costs_one_connection_not_the_server(
+    make_server: MakeServer,
+    raw_client: Connect,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(core: object, argument: bytes) -> None:
+        raise ValueError("a fault in the session core")
+
+    monkeypatch.setitem(_session._HANDLERS, b"NOOP", broken)
+    server = make_server().start()
+    client = raw_client(server)
+    assert client.command(b"EHLO client.test").startswith(b"250")
+    with caplog.at_level(logging.ERROR, logger="fastsmtp.session"):
+        client.send(b"NOOP\r\n")
+        assert client.reply() == replies.LOCAL_ERROR_CLOSING.wire
+        assert client.read_to_end() == b""
+    assert "internal error" in caplog.text and "ValueError" in caplog.text
+
+    other = raw_client(server)
+    assert other.command(b"EHLO client.test").startswith(b"250")
+    assert other.command(b"QUIT") == replies.CLOSING.wire
 
 
 # Idle timeout

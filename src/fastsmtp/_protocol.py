@@ -78,7 +78,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._core: SessionCore | None = None
         self._context: MessageContext | None = None
         self._task: asyncio.Task[None] | None = None
-        # True while _step_session starts a listener task (which may run eagerly, 3.12+).
+        # True while _advance starts a listener task (which may run eagerly, 3.12+).
         self._starting = False
         # Where _go_on() runs when a listener task resumes the dialogue (see _decide).
         self._callback_context = contextvars.copy_context()
@@ -165,7 +165,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return
         if core.state is DATA:
             # Content keeps a client alive (the DATA deadline bounds it); between commands
-            # only a whole command does, in _step_session, so no line can be trickled forever.
+            # only a whole command does, in _advance, so no line can be trickled forever.
             self._last_activity = _clock()
         if self._tls_early is not None:
             self._tls_early += self._server._receive_buffer[:nbytes]
@@ -240,56 +240,52 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def _advance(self) -> None:
         """Step the session until it needs input, a listener's decision, or closes."""
-        try:
-            self._step_session()
-        except Exception:  # noqa: BLE001 - logged with its traceback right below
-            # A bug of ours must cost one connection, never the server.
-            assert self._core is not None
-            session_log.exception("%s internal error", self._core.session.session_id)
-            self._close(replies.LOCAL_ERROR_CLOSING, "internal error")
-
-    def _step_session(self) -> None:
         core = self._core
         transport = self._transport
         assert core is not None and transport is not None
-        while True:
-            event = core.step()
-            out = core.take_output()
-            if out:
-                # A reply means a whole command (or message) arrived: the client is active.
-                self._last_activity = _clock()
-                transport.write(out)
-            if event is None:
-                if core.state is DATA and self._data_phase != core.data_phases:
-                    self._data_phase = core.data_phases
-                    self._data_deadline = _clock() + self._server._data_timeout
+        try:
+            while True:
+                event = core.step()
+                out = core.take_output()
+                if out:
+                    # A reply means a whole command (or message) arrived: the client is active.
+                    self._last_activity = _clock()
+                    transport.write(out)
+                if event is None:
+                    if core.state is DATA and self._data_phase != core.data_phases:
+                        self._data_phase = core.data_phases
+                        self._data_deadline = _clock() + self._server._data_timeout
+                    return
+                if isinstance(event, _Close):
+                    self._close(None, core.close_reason)
+                    return
+                if isinstance(event, _StartTLS):
+                    self._start_tls()
+                    return
+                listeners = self._server._listeners_for(event)
+                if not listeners:
+                    # Unchecked credentials are refused; AUTH is not offered without a listener.
+                    if isinstance(event, AuthAttempt):
+                        core.reject(replies.AUTH_FAILED)
+                    else:
+                        core.accept()
+                    continue
+                # Input arriving while the listeners decide is only buffered (buffer_updated).
+                self._starting = True
+                try:
+                    task = _start_task(self._decide(event, listeners), self._loop)
+                finally:
+                    self._starting = False
+                if task.done():
+                    # Decided without suspending (Python 3.12+ runs the first step eagerly).
+                    self._task = None
+                    continue
+                self._task = task
                 return
-            if isinstance(event, _Close):
-                self._close(None, core.close_reason)
-                return
-            if isinstance(event, _StartTLS):
-                self._start_tls()
-                return
-            listeners = self._server._listeners_for(event)
-            if not listeners:
-                # Credentials nobody checks are refused; AUTH is not offered without a listener.
-                if isinstance(event, AuthAttempt):
-                    core.reject(replies.AUTH_FAILED)
-                else:
-                    core.accept()
-                continue
-            # Input arriving while the listeners decide is only buffered (see buffer_updated).
-            self._starting = True
-            try:
-                task = _start_task(self._decide(event, listeners), self._loop)
-            finally:
-                self._starting = False
-            if task.done():
-                # Decided without suspending (Python 3.12+ runs the first step eagerly).
-                self._task = None
-                continue
-            self._task = task
-            return
+        except Exception:  # noqa: BLE001 - logged with its traceback right below
+            # A bug of ours must cost one connection, never the server.
+            session_log.exception("%s internal error", core.session.session_id)
+            self._close(replies.LOCAL_ERROR_CLOSING, "internal error")
 
     def _go_on(self) -> None:
         """Go on with the dialogue once listeners that had to wait have decided."""
@@ -308,7 +304,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         assert core is not None
         if self._starting:
             # Started eagerly (3.12+): known as this connection's listener task from its first
-            # step, which may call stop_async(). Otherwise _step_session already set it.
+            # step, which may call stop_async(). Otherwise _advance already set it.
             self._task = asyncio.current_task()
         exchange = self._exchange_for(event)
         ending = False  # our own cancellation, or the coroutine being closed
