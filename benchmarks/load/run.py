@@ -474,6 +474,31 @@ def machine() -> str:
     )
 
 
+def stale_install() -> list[str]:
+    """Name what the installed fastsmtp lacks of this work tree, if the runs use a copy.
+
+    A venv made with ``pip install .`` keeps measuring the code as it was then, whatever
+    changed since: the very mistake that makes a change look like it did nothing.
+    """
+    import fastsmtp
+
+    installed = Path(fastsmtp.__file__).resolve().parent
+    tree = HERE.parent.parent / "src" / "fastsmtp"
+    if not tree.is_dir() or installed == tree.resolve():
+        return []
+    stale = [
+        source.name
+        for source in sorted(tree.glob("*.py"))
+        if not (installed / source.name).is_file()
+        or (installed / source.name).read_bytes() != source.read_bytes()
+    ]
+    twin = HERE.parent.parent / "fastsmtp_ext" / "_wire_c.pyx"
+    built = sorted(installed.glob("_wire_c*.so"))
+    if twin.is_file() and built and built[0].stat().st_mtime < twin.stat().st_mtime:
+        stale.append(f"{built[0].name} (older than {twin.name})")
+    return stale
+
+
 def _has_compiled_twin() -> bool:
     from fastsmtp import _wire
 
@@ -675,6 +700,10 @@ def main() -> int:
     except ImportError:
         variants = [v for v in variants if v.loop != "uvloop"]
 
+    stale = stale_install()
+    if stale:
+        print(f"warning: the installed fastsmtp is not this work tree ({', '.join(stale)}): "
+              "measuring old code; pip install --no-deps . again")  # fmt: skip
     if args.instructions:
         # The first workload chosen, as for --profile.
         return instructions(variants, chosen[0], args.instructions, use_smtp_source)
