@@ -25,6 +25,9 @@ from libc.string cimport memchr, memcpy, memmove
 
 from cpython.unicode cimport PyUnicode_DecodeASCII
 
+import os
+import sys
+
 from fastsmtp._wire_py import (
     DEFAULT_MAX_LINE_LENGTH,
     MAX_DOMAIN_LENGTH,
@@ -78,7 +81,8 @@ cdef enum:
     # A body doubles its room up to this size, then grows by a quarter at a time.
     _GROW_SLOWLY_FROM = 4 * 1024 * 1024
 
-    # A body that outgrows _MAP_FROM moves at once into _MAPPED_ROOM (see _map_body).
+    # A body whose room reaches _MAP_FROM moves at once into _MAPPED_ROOM (see _map_body),
+    # where mapping_pays() says that costs nothing.
     _MAP_FROM = 1024 * 1024
     _MAPPED_ROOM = 33 * 1024 * 1024
 
@@ -87,6 +91,49 @@ CTRL = _CTRL
 EIGHT_BIT = _EIGHT_BIT
 
 cdef bytes _EMPTY = b""
+
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    #if defined(__GLIBC__)
+    #define FASTSMTP_GLIBC 1
+    #else
+    #define FASTSMTP_GLIBC 0
+    #endif
+    """
+    const int FASTSMTP_GLIBC
+
+
+def mapping_pays():
+    """True if room asked for but never written costs this process nothing: see _map_body.
+
+    That takes glibc on a 64-bit machine, and neither strict overcommit nor an address-space
+    or data limit, which count the whole room as soon as it is mapped; nor the debug memory
+    allocator (``-X dev``, ``PYTHONMALLOC=debug``, a debug build), which writes every octet.
+    """
+    if not FASTSMTP_GLIBC or sizeof(void*) < 8:
+        return False
+    if sys.flags.dev_mode or hasattr(sys, "gettotalrefcount"):
+        return False
+    if not sys.flags.ignore_environment and "debug" in os.environ.get("PYTHONMALLOC", ""):
+        return False
+    try:
+        with open("/proc/sys/vm/overcommit_memory", "rb") as setting:
+            if setting.read().strip() == b"2":
+                return False
+    except OSError:
+        pass
+    import resource
+
+    for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+        if resource.getrlimit(limit)[0] != resource.RLIM_INFINITY:
+            return False
+    return True
+
+
+# Decided once: a limit set after import is met by _map_body's fallback.
+cdef bint _MAP_BODIES = mapping_pays()
 
 
 cdef extern from "Python.h":
@@ -580,7 +627,7 @@ cdef class WireReader:
         cap = min(cap, max(need, self._data_limit))  # content past the limit is not kept
         self._size_hint = 0
 
-        if _MAP_FROM <= cap < _MAPPED_ROOM and sizeof(void*) >= 8 and self._map_body():
+        if _MAP_BODIES and _MAP_FROM <= cap < _MAPPED_ROOM and self._map_body():
             return 0
         if self._body == NULL:
             fresh = PyBytes_FromStringAndSize(NULL, cap)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import resource
 import subprocess
 import sys
 from types import ModuleType
@@ -413,28 +416,108 @@ def test_large_body_in_chunks(wire):
 
 @pytest.mark.parametrize("declared", [False, True])
 def test_multi_mib_bodies_one_after_another(wire, declared):
-    # Past 1 MiB the compiled twin moves a body into mapped room: content before and after
-    # the move, a declared size, and the next message on the same reader all come out whole.
+    # A body whose room reaches 1 MiB moves into mapped room in the compiled twin: content
+    # before and after the move, past the end of that room, a declared size, an overflow
+    # after the move and each next message on the same reader all come out right.
     line = b"0123456789abcdefghijklmnopqrstuvwxyz.,;:!?0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n"
-    for copies in (40_000, 14_000):
-        raw = b"..dot\r\n" + line * copies
-        expected = raw[1:]
-        reader = wire.WireReader()
-        reader.start_data(8 * 1024 * 1024, len(expected) if declared else 0)
+    reader = wire.WireReader()
+
+    def send(raw: bytes, limit: int, hint: int) -> bool:
+        reader.start_data(limit, hint)
         for start in range(0, len(raw), 65_521):
             reader.feed(raw[start : start + 65_521])
             assert not reader.read_data()
         reader.feed(END[2:])
         assert reader.read_data()
+        return reader.data_overflow
+
+    for copies, limit in ((40_000, 8 << 20), (14_000, 8 << 20), (500_000, 64 << 20)):
+        raw = b"..dot\r\n" + line * copies
+        expected = raw[1:]
+        assert not send(raw, limit, len(expected) if declared else 0)
         assert reader.take_data() == expected
 
+    # Past the limit after the move: the rest is counted, none of it kept.
+    raw = line * 40_000
+    assert send(raw, 2 << 20, len(raw) if declared else 0)
+    assert (reader.data_size, reader.take_data()) == (len(raw), b"")
 
-# Without address space for the mapped room (RLIMIT_AS), the body grows as before.
+    assert not send(b"small\r\n", 1000, 0)
+    assert reader.take_data() == b"small\r\n"
+
+
+def run_python(code: str, *options: str, **environment: str) -> str:
+    """Run ``code`` in a fresh interpreter; return what it printed, or fail with its stderr."""
+    done = subprocess.run(
+        [sys.executable, *options, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **environment},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def needs_compiled_twin() -> None:
+    if _wire.NO_EXTENSIONS:
+        pytest.skip("FASTSMTP_NO_EXTENSIONS is set: the compiled twin is not expected")
+
+
+# Prints what the compiled twin decides, after setting the soft limit named in LIMIT.
+_MAPPING_PAYS = """
+import os, resource
+if os.environ.get("LIMIT"):
+    limit = getattr(resource, os.environ["LIMIT"])
+    hard = resource.getrlimit(limit)[1]
+    resource.setrlimit(limit, (1 << 40 if hard == resource.RLIM_INFINITY else hard, hard))
+from fastsmtp import _wire
+print(_wire.load("c").mapping_pays())
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "environment"),
+    [
+        (["-X", "dev"], {}),
+        ([], {"PYTHONMALLOC": "debug"}),
+        ([], {"PYTHONMALLOC": "malloc_debug"}),
+        ([], {"LIMIT": "RLIMIT_AS"}),
+        ([], {"LIMIT": "RLIMIT_DATA"}),
+    ],
+)
+def test_no_mapped_room_where_it_would_cost_memory(options, environment):
+    # The debug allocator writes every octet of a block; a finite address-space or data limit
+    # counts the whole room. Either would make untouched room cost what it saves.
+    needs_compiled_twin()
+    assert run_python(_MAPPING_PAYS, *options, **environment) == "False"
+
+
+def test_mapped_room_on_a_plain_64_bit_glibc_linux():
+    needs_compiled_twin()
+    if not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("mapping up front is for glibc only")
+    if sys.maxsize < 2**32 or sys.flags.dev_mode or hasattr(sys, "gettotalrefcount"):
+        pytest.skip("a 32-bit or debug interpreter runs these tests")
+    with open("/proc/sys/vm/overcommit_memory", "rb") as setting:
+        if setting.read().strip() == b"2":
+            pytest.skip("this machine commits memory strictly")
+    for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+        if resource.getrlimit(limit)[0] != resource.RLIM_INFINITY:
+            pytest.skip("these tests run under an address-space or data limit")
+    assert run_python(_MAPPING_PAYS, PYTHONMALLOC="") == "True"
+
+
+# A limit set after import leaves the module decided to map: the room is refused
+# (MemoryError), and the body grows as content comes, as it does without the move.
 _NO_ROOM_FOR_MAPPING = """
 import resource
 from fastsmtp import _wire
 
 wire = _wire.load("c")
+if not wire.mapping_pays():
+    raise SystemExit(print("not mapped"))
 with open("/proc/self/status") as status:
     size = next(int(line.split()[1]) for line in status if line.startswith("VmSize"))
 headroom = 24 * 1024 * 1024
@@ -450,7 +533,7 @@ reader = wire.WireReader()
 reader.start_data(4 * 1024 * 1024)
 for _ in range(2 * 1024 * 1024 // len(body)):
     reader.feed(body)
-    reader.read_data()
+    assert not reader.read_data()
 reader.feed(b".\\r\\n")
 assert reader.read_data()
 assert reader.take_data() == body * (2 * 1024 * 1024 // len(body))
@@ -458,18 +541,12 @@ print("whole")
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmSize and RLIMIT_AS")
 def test_body_without_room_for_a_mapping_grows_as_before():
-    if _wire.NO_EXTENSIONS:
-        pytest.skip("FASTSMTP_NO_EXTENSIONS is set: the compiled twin is not expected")
-    done = subprocess.run(
-        [sys.executable, "-c", _NO_ROOM_FOR_MAPPING],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert (done.returncode, done.stdout.strip()) == (0, "whole"), done.stderr[-2000:]
+    needs_compiled_twin()
+    printed = run_python(_NO_ROOM_FOR_MAPPING)
+    if printed == "not mapped":
+        pytest.skip("this machine does not map bodies up front: no fallback to test")
+    assert printed == "whole"
 
 
 # Command tokenising

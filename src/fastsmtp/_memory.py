@@ -4,7 +4,7 @@ glibc's malloc serves a large block from ``mmap`` at first, but once such a bloc
 raises its mmap threshold (up to 32 MiB on 64-bit) and serves later large blocks from the
 heap, where a growing block is copied on realloc and freed memory stays resident. The
 compiled twin keeps its message bodies out of this by asking for room above the largest
-threshold (``_wire_c``); everything else large (the pure twin's bodies, the copies made while
+threshold where that room costs nothing (``_wire_c.mapping_pays``); everything else large (the pure twin's bodies, the copies made while
 storing a message) is still subject to it. A fixed threshold keeps all of them in ``mmap``:
 realloc moves pages (``mremap``) instead of copying, and a freed block goes back to the
 system at once.

@@ -34,6 +34,9 @@ CTRL: Final[int]
 EIGHT_BIT: Final[int]
 """Bit of ``classify_command()``: a byte >= 0x80."""
 
+def mapping_pays() -> bool:
+    """True if this process maps large bodies' room up front (glibc, 64-bit, no limits)."""
+
 class WireReader:
     """Buffer one connection's input and cut it into command lines or DATA content.
 
