@@ -360,8 +360,8 @@ def measure(variant: Variant, workload: Workload, use_smtp_source: bool) -> dict
 # Reporting
 
 
-def median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
+def median(values: list[object]) -> float | None:
+    present = [v for v in values if isinstance(v, (int, float))]
     return statistics.median(present) if present else None
 
 
@@ -478,24 +478,30 @@ def stale_install() -> list[str]:
     """Name what the installed fastsmtp lacks of this work tree, if the runs use a copy.
 
     A venv made with ``pip install .`` keeps measuring the code as it was then, whatever
-    changed since: the very mistake that makes a change look like it did nothing.
+    changed since: the very mistake that makes a change look like it did nothing. An editable
+    install reads the Python modules from the tree but keeps the compiled twin it last built.
     """
     import fastsmtp
+    from fastsmtp import _wire
 
+    root = HERE.parent.parent
     installed = Path(fastsmtp.__file__).resolve().parent
-    tree = HERE.parent.parent / "src" / "fastsmtp"
-    if not tree.is_dir() or installed == tree.resolve():
-        return []
-    stale = [
-        source.name
-        for source in sorted(tree.glob("*.py"))
-        if not (installed / source.name).is_file()
-        or (installed / source.name).read_bytes() != source.read_bytes()
-    ]
-    twin = HERE.parent.parent / "fastsmtp_ext" / "_wire_c.pyx"
-    built = sorted(installed.glob("_wire_c*.so"))
-    if twin.is_file() and built and built[0].stat().st_mtime < twin.stat().st_mtime:
-        stale.append(f"{built[0].name} (older than {twin.name})")
+    tree = root / "src" / "fastsmtp"
+    stale = []
+    if tree.is_dir() and installed != tree.resolve():
+        stale = [
+            source.name
+            for source in sorted(tree.glob("*.py"))
+            if not (installed / source.name).is_file()
+            or (installed / source.name).read_bytes() != source.read_bytes()
+        ]
+    twin = root / "fastsmtp_ext" / "_wire_c.pyx"
+    try:
+        built = Path(_wire.load("c").__file__ or "")
+    except ImportError:
+        return stale
+    if twin.is_file() and built.is_file() and built.stat().st_mtime < twin.stat().st_mtime:
+        stale.append(f"{built.name} (older than {twin.name})")
     return stale
 
 
@@ -571,7 +577,12 @@ def _count(
             print(f"  {variant.name}: {received} of {messages} received, {load['errors']}")
             return None
         # callgrind's own total, written when the process ends.
-        for line in Path(out).read_text().splitlines():
+        try:
+            written = Path(out).read_text()
+        except OSError as error:
+            print(f"  {variant.name}: no callgrind output ({error})")
+            return None
+        for line in written.splitlines():
             if line.startswith(("summary:", "totals:")):
                 return int(line.split()[1])
     return None
@@ -649,10 +660,18 @@ def print_collapsed(path: str, title: str, top: int) -> None:
 # Main
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number above zero."""
+    number = int(text)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above zero")
+    return number
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition")
-    parser.add_argument("--repeat", type=int, help="repetitions (default: 1 quick, 5 full)")
+    parser.add_argument("--repeat", type=positive, help="repetitions (default: 1 quick, 5 full)")
     parser.add_argument("--client", choices=("auto", "smtp-source", "python"), default="auto")
     parser.add_argument("--only", help="comma-separated workloads, e.g. w1,w3")
     parser.add_argument(
@@ -667,7 +686,7 @@ def main() -> int:
     parser.add_argument("--gil", action="store_true", help="py-spy: only samples holding the GIL")
     parser.add_argument(
         "--instructions",
-        type=int,
+        type=positive,
         metavar="N",
         help="count instructions per message under callgrind, from runs of N and 2N messages",
     )
@@ -704,7 +723,7 @@ def main() -> int:
     if stale:
         print(f"warning: the installed fastsmtp is not this work tree ({', '.join(stale)}): "
               "measuring old code; pip install --no-deps . again")  # fmt: skip
-    if args.instructions:
+    if args.instructions is not None:
         # The first workload chosen, as for --profile.
         return instructions(variants, chosen[0], args.instructions, use_smtp_source)
 
