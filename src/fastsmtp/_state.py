@@ -26,4 +26,9 @@ class SessionState(IntEnum):
 # The members again as module globals, for the per-command path: on Python 3.11 every
 # ``SessionState.X`` goes through ``EnumType.__getattr__`` (about 70 ns, some 40 times a
 # message); a global is a dictionary lookup. They are the very members: ``is`` holds.
-GREETED, READY, MAIL, RCPT, DATA, CLOSED = SessionState
+GREETED = SessionState.GREETED
+READY = SessionState.READY
+MAIL = SessionState.MAIL
+RCPT = SessionState.RCPT
+DATA = SessionState.DATA
+CLOSED = SessionState.CLOSED
