@@ -202,6 +202,49 @@ def test_listeners_cannot_be_added_while_running(make_server: MakeServer) -> Non
             register(lambda event: None)
 
 
+def test_nothing_changes_while_the_server_binds(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The options are read as start begins; the binds that follow may yield to other code,
+    # whose changes would be accepted and never used: they are refused from the start.
+    server = make_server()
+    bind = server._bind
+    refused = []
+
+    async def bind_and_try_changes(*args: Any) -> asyncio.Server:
+        assert not server.is_running
+        for change in (
+            lambda: setattr(server, "max_recipients", 3),
+            lambda: server.mail_listener(lambda event: None),
+            lambda: server.add_endpoint(0),
+        ):
+            with pytest.raises(RuntimeError, match="while the server is running"):
+                change()
+            refused.append(change)
+        return await bind(*args)
+
+    monkeypatch.setattr(server, "_bind", bind_and_try_changes)
+    server.start()
+    assert len(refused) == 3
+    server.stop()
+    server.max_recipients = 3
+    assert server.max_recipients == 3
+
+
+def test_a_failed_start_leaves_the_server_configurable(make_server: MakeServer) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        server = make_server()
+        server.port = blocker.getsockname()[1]
+        with pytest.raises(OSError):
+            server.start()
+    server.port = 0
+    server.start()
+    assert server.is_running
+    server.stop()
+
+
 def test_a_listener_must_be_callable() -> None:
     with pytest.raises(TypeError):
         smtp_server().mail_listener("not callable")  # type: ignore[arg-type]

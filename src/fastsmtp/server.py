@@ -170,7 +170,7 @@ class _Option(Generic[T, S]):
         return value
 
     def __set__(self, obj: SMTPServer, value: S) -> None:
-        if obj.is_running:
+        if obj._frozen:
             raise RuntimeError(f"cannot change {self._name} while the server is running")
         obj._options[self._name] = self._validate(self._name, value)
 
@@ -286,6 +286,9 @@ class SMTPServer:
     ) -> None:
         self._options: dict[str, Any] = {}
         self._running = False
+        # Options, listeners and endpoints are read once as the server starts: they stay
+        # fixed from then on, the binds included, until it has stopped.
+        self._frozen = False
         self.port = port
         self.host = host
         self.hostname = hostname if hostname is not None else socket.gethostname()
@@ -377,7 +380,7 @@ class SMTPServer:
     def _register(self, listeners: list[Listener], listener: F) -> F:
         if not callable(listener):
             raise TypeError(f"a listener must be callable, got {type(listener).__name__}")
-        if self._running:
+        if self._frozen:
             raise RuntimeError("cannot add a listener while the server is running")
         listeners.append((listener, is_coroutine_listener(listener)))
         return listener
@@ -548,7 +551,7 @@ class SMTPServer:
             TypeError, ValueError: for an invalid port or host.
             RuntimeError: if the server is running.
         """
-        if self._running:
+        if self._frozen:
             raise RuntimeError("cannot add an endpoint while the server is running")
         endpoint = Endpoint(
             _port("port", port),
@@ -589,8 +592,16 @@ class SMTPServer:
     # Internals shared with SMTPProtocol
 
     async def _open(self) -> None:
-        if self._running:
+        if self._frozen:
             raise RuntimeError("the server is already running")
+        self._frozen = True
+        try:
+            await self._open_frozen()
+        except BaseException:
+            self._frozen = False
+            raise
+
+    async def _open_frozen(self) -> None:
         self._config = self._session_config()
         endpoints = self.endpoints
         self._check_security(endpoints)
@@ -739,6 +750,7 @@ class SMTPServer:
             self._executor.shutdown(wait=False)
             self._executor = None
         self._running = False
+        self._frozen = False
         assert self._stopped is not None
         self._stopped.set()
         server_log.info("stopped")
