@@ -213,7 +213,6 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         core = self._core
         if core is None:
             return
-        self._server._forget(self, self._peer_host)
         # After our own close an error is no news (a TLS client that leaves without
         # answering close_notify resets the connection): the reason stays ours.
         if exc is not None and core.state is not CLOSED:
@@ -225,6 +224,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             time.monotonic() - self._opened,
             core.session.messages_accepted,
         )
+        # Last: whoever sees the connection gone (a stop, a test) finds its line logged.
+        self._server._forget(self, self._peer_host)
 
     def pause_writing(self) -> None:
         # The client does not read its replies: stop reading its commands until it does.
