@@ -2,12 +2,12 @@
 
 glibc's malloc serves a large block from ``mmap`` at first, but once such a block is freed it
 raises its mmap threshold (up to 32 MiB on 64-bit) and serves later large blocks from the
-heap, where a growing block is copied on realloc and freed memory stays resident. The
-compiled twin keeps its message bodies out of this by asking for room above the largest
-threshold where that room costs nothing (``_wire_c.mapping_pays``); everything else large (the pure twin's bodies, the copies made while
-storing a message) is still subject to it. A fixed threshold keeps all of them in ``mmap``:
-realloc moves pages (``mremap``) instead of copying, and a freed block goes back to the
-system at once.
+heap, where a growing block is copied on realloc and freed memory stays resident. The compiled
+twin keeps its message bodies out of this by asking for room above the largest threshold where
+that room costs nothing (``_wire_c.mapping_pays``); everything else large (the pure twin's
+bodies, the copies made while storing a message) is still subject to it. A fixed threshold
+keeps all of them in ``mmap``: realloc moves pages (``mremap``) instead of copying, and a
+freed block goes back to the system at once.
 
 It is process-wide, which is why only the command sets it; a program embedding fastsmtp can
 get the same with ``MALLOC_MMAP_THRESHOLD_=1048576`` in its environment.
