@@ -27,6 +27,7 @@ from cpython.unicode cimport PyUnicode_DecodeASCII
 
 import os
 import sys
+import sysconfig
 
 from fastsmtp._wire_py import (
     DEFAULT_MAX_LINE_LENGTH,
@@ -108,28 +109,36 @@ cdef extern from *:
 def mapping_pays():
     """True if room asked for but never written costs this process nothing: see _map_body.
 
-    That takes glibc on a 64-bit machine, and neither strict overcommit nor an address-space
-    or data limit, which count the whole room as soon as it is mapped; nor the debug memory
-    allocator (``-X dev``, ``PYTHONMALLOC=debug``, a debug build), which writes every octet.
+    That takes glibc's malloc under CPython's own allocators on a 64-bit machine, and neither
+    strict overcommit nor an address-space or data limit, which count the whole room as soon
+    as it is mapped. Not the debug allocator either (``-X dev``, ``PYTHONMALLOC=debug``, a
+    debug build), which writes every octet, nor another malloc (mimalloc, jemalloc, tcmalloc
+    preloaded), which may copy where glibc moves pages.
     """
     if not FASTSMTP_GLIBC or sizeof(void*) < 8:
         return False
     if sys.flags.dev_mode or hasattr(sys, "gettotalrefcount"):
         return False
-    if not sys.flags.ignore_environment and "debug" in os.environ.get("PYTHONMALLOC", ""):
+    if not sys.flags.ignore_environment:
+        if os.environ.get("PYTHONMALLOC", "") not in ("", "default", "malloc", "pymalloc"):
+            return False
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):
         return False
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return False  # free-threaded builds allocate objects with mimalloc
     try:
         with open("/proc/sys/vm/overcommit_memory", "rb") as setting:
             if setting.read().strip() == b"2":
                 return False
     except OSError:
         pass
-    import resource
+    try:
+        import resource
 
-    for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
-        if resource.getrlimit(limit)[0] != resource.RLIM_INFINITY:
-            return False
-    return True
+        limits = [resource.getrlimit(resource.RLIMIT_AS), resource.getrlimit(resource.RLIMIT_DATA)]
+    except (ImportError, AttributeError, OSError, ValueError):
+        return False
+    return all(soft == resource.RLIM_INFINITY for soft, _ in limits)
 
 
 # Decided once: a limit set after import is met by _map_body's fallback.
