@@ -484,6 +484,39 @@ def test_message_sent_byte_by_byte(make_server: MakeServer, raw_client: Connect)
 # A fault of the server itself
 
 
+class _FailOnClosedLine(logging.Filter):
+    """A broken logging filter: raises on every "closed" line of a connection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("%s closed"):
+            raise RuntimeError("a broken filter")
+        return True
+
+
+def test_a_log_filter_that_raises_does_not_keep_a_connection_counted(
+    make_server: MakeServer, raw_client: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With room for one connection, each next one is served only if the last was forgotten.
+    server = make_server(max_connections=1).start()
+    broken = _FailOnClosedLine()
+    session_logger = logging.getLogger("fastsmtp.session")
+    session_logger.addFilter(broken)
+    try:
+        with caplog.at_level(logging.INFO, logger="fastsmtp.session"):
+            for _ in range(3):
+                deadline = time.monotonic() + 5
+                while (client := raw_client(server)).greeting != GREETING:
+                    assert time.monotonic() < deadline, client.greeting
+                    client.close()
+                    time.sleep(0.01)
+                assert client.command(b"QUIT").startswith(b"221 ")
+                assert client.read_to_end() == b""
+    finally:
+        session_logger.removeFilter(broken)
+    server.stop()
+    assert not server.is_running
+
+
 def test_a_fault_of_ours_costs_one_connection_not_the_server(
     make_server: MakeServer,
     raw_client: Connect,

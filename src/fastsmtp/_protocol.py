@@ -217,15 +217,18 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         # answering close_notify resets the connection): the reason stays ours.
         if exc is not None and core.state is not CLOSED:
             self._close_reason = f"connection error: {exc}"
-        session_log.info(
-            "%s closed: %s, %.3fs, %d message(s) accepted",
-            core.session.session_id,
-            self._close_reason,
-            time.monotonic() - self._opened,
-            core.session.messages_accepted,
-        )
-        # Last: whoever sees the connection gone (a stop, a test) finds its line logged.
-        self._server._forget(self, self._peer_host)
+        try:
+            session_log.info(
+                "%s closed: %s, %.3fs, %d message(s) accepted",
+                core.session.session_id,
+                self._close_reason,
+                time.monotonic() - self._opened,
+                core.session.messages_accepted,
+            )
+        finally:
+            # Last, so whoever sees the connection gone (a stop, a test) finds its line
+            # logged; and whatever a logging filter raises, or a stop would wait forever.
+            self._server._forget(self, self._peer_host)
 
     def pause_writing(self) -> None:
         # The client does not read its replies: stop reading its commands until it does.
