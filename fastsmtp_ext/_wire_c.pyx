@@ -27,7 +27,6 @@ from cpython.unicode cimport PyUnicode_DecodeASCII
 
 import os
 import sys
-import sysconfig
 
 from fastsmtp._wire_py import (
     DEFAULT_MAX_LINE_LENGTH,
@@ -102,8 +101,14 @@ cdef extern from *:
     #else
     #define FASTSMTP_GLIBC 0
     #endif
+    #if defined(Py_GIL_DISABLED)
+    #define FASTSMTP_FREE_THREADED 1
+    #else
+    #define FASTSMTP_FREE_THREADED 0
+    #endif
     """
     const int FASTSMTP_GLIBC
+    const int FASTSMTP_FREE_THREADED  # such builds allocate objects with mimalloc
 
 
 def mapping_pays():
@@ -115,7 +120,7 @@ def mapping_pays():
     debug build), which writes every octet, nor another malloc (mimalloc, jemalloc, tcmalloc
     preloaded), which may copy where glibc moves pages.
     """
-    if not FASTSMTP_GLIBC or sizeof(void*) < 8:
+    if not FASTSMTP_GLIBC or FASTSMTP_FREE_THREADED or sizeof(void*) < 8:
         return False
     if sys.flags.dev_mode or hasattr(sys, "gettotalrefcount"):
         return False
@@ -124,8 +129,6 @@ def mapping_pays():
             return False
     if "malloc" in os.environ.get("LD_PRELOAD", ""):
         return False
-    if sysconfig.get_config_var("Py_GIL_DISABLED"):
-        return False  # free-threaded builds allocate objects with mimalloc
     try:
         with open("/proc/sys/vm/overcommit_memory", "rb") as setting:
             if setting.read().strip() == b"2":

@@ -34,7 +34,7 @@ from hypothesis.stateful import (
 
 from fastsmtp import _wire, replies
 from fastsmtp._session import CLOSE, MailFrom, MessageReceived, RcptTo, SessionConfig, SessionCore
-from fastsmtp._state import SessionState
+from fastsmtp._state import CLOSED, DATA, GREETED, MAIL, RCPT, READY
 from fastsmtp.context import Session
 from fastsmtp.replies import Reply
 
@@ -46,13 +46,6 @@ KNOWN_VERBS = frozenset(
 )
 # Verbs that the TLS and AUTH work may give a meaning to: never used as garbage.
 RESERVED_VERBS = KNOWN_VERBS | {b"STARTTLS", b"AUTH", b"BDAT"}
-
-GREETED = SessionState.GREETED
-READY = SessionState.READY
-MAIL = SessionState.MAIL
-RCPT = SessionState.RCPT
-DATA = SessionState.DATA
-CLOSED = SessionState.CLOSED
 
 
 # What a client sends: one command, and for DATA the content it means to deliver.
