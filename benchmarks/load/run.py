@@ -3,7 +3,8 @@
 Every measured run starts a fresh server process (serve.py) on 127.0.0.1, drives it with
 Postfix's smtp-source when installed (else with client.py, which speaks the same dialogue and
 checks every reply), and measures that process alone: CPU time as the change of its
-``getrusage`` user+system time across the run (cross-checked with /proc/PID/stat), peak RSS
+``getrusage`` user+system time across the run (cross-checked with /proc/PID/stat), and its
+user part alone (the server's own code; the system part is mostly the socket calls), peak RSS
 as VmHWM from /proc/PID/status. The listener of every server counts what it received, and the
 count is checked against what the client sent. Runs are interleaved (every server once, then
 every server again) and each figure printed is the median over the repetitions.
@@ -321,6 +322,7 @@ def measure(variant: Variant, workload: Workload, use_smtp_source: bool) -> dict
     # getrusage (fine-grained) and /proc/PID/stat (clock ticks) must tell the same story.
     proc_cpu = after["proc_cpu"] - before["proc_cpu"]
     cpu = after["cpu"] - before["cpu"]
+    user = after["utime"] - before["utime"]
     if abs(cpu - proc_cpu) > 0.05 + 0.05 * cpu:
         print(f"  warning: {variant.name}: getrusage {cpu:.3f} s, /proc {proc_cpu:.3f} s")
 
@@ -342,6 +344,8 @@ def measure(variant: Variant, workload: Workload, use_smtp_source: bool) -> dict
         "cpu_s": cpu,
         "proc_cpu_s": proc_cpu,
         "cpu_us_per_msg": cpu / received * 1e6 if received else None,
+        # The server's own code; the rest of its CPU time is the kernel's socket work.
+        "user_us_per_msg": user / received * 1e6 if received else None,
         "client_cpu_s": load.get("client_cpu"),
         "rss_start_mib": rss_start / KIB,
         "peak_rss_mib": peak_kib / KIB,
@@ -373,8 +377,8 @@ def summarise(results: list[dict[str, object]]) -> dict[tuple[str, str], dict[st
         grouped.setdefault(key, []).append(result)
     summary: dict[tuple[str, str], dict[str, object]] = {}
     figures = (
-        "msgs_per_s", "mb_per_s", "cpu_us_per_msg", "peak_rss_mib", "rss_start_mib",
-        "stall_ms", "probe_p99_ms", "loop_lag_ms", "elapsed", "client_cpu_s",
+        "msgs_per_s", "mb_per_s", "cpu_us_per_msg", "user_us_per_msg", "peak_rss_mib",
+        "rss_start_mib", "stall_ms", "probe_p99_ms", "loop_lag_ms", "elapsed", "client_cpu_s",
     )  # fmt: skip
     for key, runs in grouped.items():
         row: dict[str, object] = {f: median([r.get(f) for r in runs]) for f in figures}
@@ -413,8 +417,8 @@ def table(workload: Workload, summary: dict[tuple[str, str], dict[str, object]])
         )
     else:
         header = (
-            "| server | loop | twin | msgs/s | MB/s | server CPU µs/msg | peak RSS MiB "
-            "| aiosmtpd CPU ÷ this | checked |"
+            "| server | loop | twin | msgs/s | MB/s | server CPU µs/msg | of which user "
+            "| peak RSS MiB | aiosmtpd CPU ÷ this | checked |"
         )
     lines = [f"**{workload.key}: {workload.title}**", "", header]
     lines.append("|" + "---|" * (header.count("|") - 1))
@@ -435,7 +439,7 @@ def table(workload: Workload, summary: dict[tuple[str, str], dict[str, object]])
             ratio = _ratio(peer.get("cpu_us_per_msg"), row.get("cpu_us_per_msg"))
             cells = [
                 fmt(row["msgs_per_s"]), fmt(row["mb_per_s"], 1), fmt(row["cpu_us_per_msg"]),
-                fmt(row["peak_rss_mib"], 1), ratio,
+                fmt(row["user_us_per_msg"]), fmt(row["peak_rss_mib"], 1), ratio,
             ]  # fmt: skip
         names = f"| {variant.server} | {variant.loop} | {variant.twin} | "
         lines.append(names + " | ".join(cells) + f" | {checked} |")
@@ -741,7 +745,8 @@ def main() -> int:
                 print(
                     f"  {workload.key} round {round_ + 1} {variant.name:24} "
                     f"{result['received']:>6} msgs {result['elapsed']:7.2f} s  "
-                    f"cpu {fmt(result['cpu_us_per_msg'])} µs/msg  "
+                    f"cpu {fmt(result['cpu_us_per_msg'])} µs/msg "
+                    f"(user {fmt(result['user_us_per_msg'])})  "
                     f"peak {result['peak_rss_mib']:.1f} MiB"
                     + (
                         f"  stall {fmt(result.get('stall_ms'), 1)} ms"
