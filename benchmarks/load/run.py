@@ -3,9 +3,9 @@
 Every measured run starts a fresh server process (serve.py) on 127.0.0.1, drives it with
 Postfix's smtp-source when installed (else with client.py, which speaks the same dialogue and
 checks every reply), and measures that process alone: CPU time as the change of its
-``getrusage`` user+system time across the run (cross-checked with /proc/PID/stat), and its
-user part alone (the server's own code; the system part is mostly the socket calls), peak RSS
-as VmHWM from /proc/PID/status. The listener of every server counts what it received, and the
+``getrusage`` user+system time across the run (cross-checked with /proc/PID/stat), its user
+part alone (the interpreter, the loop and the server's code; the system part is mostly the
+socket calls), and peak RSS as VmHWM from /proc/PID/status. The listener of every server counts what it received, and the
 count is checked against what the client sent. Runs are interleaved (every server once, then
 every server again) and each figure printed is the median over the repetitions.
 
@@ -344,7 +344,7 @@ def measure(variant: Variant, workload: Workload, use_smtp_source: bool) -> dict
         "cpu_s": cpu,
         "proc_cpu_s": proc_cpu,
         "cpu_us_per_msg": cpu / received * 1e6 if received else None,
-        # The server's own code; the rest of its CPU time is the kernel's socket work.
+        # User space: the interpreter, the loop and the server's code; the rest is the kernel's.
         "user_us_per_msg": user / received * 1e6 if received else None,
         "client_cpu_s": load.get("client_cpu"),
         "rss_start_mib": rss_start / KIB,
