@@ -6,8 +6,9 @@ checks every reply), and measures that process alone: CPU time as the change of 
 ``getrusage`` user+system time across the run (cross-checked with /proc/PID/stat), its user
 part alone (the interpreter, the loop and the server's code; the system part is mostly the
 socket calls), and peak RSS as VmHWM from /proc/PID/status. The listener of every server
-counts what it received, and the count is checked against what the client sent. Runs are interleaved (every server once, then
-every server again) and each figure printed is the median over the repetitions.
+counts what it received, and the count is checked against what the client sent. Runs are
+interleaved (every server once, then every server again) and each figure printed is the median
+over the repetitions.
 
 The machine may have few cores: the load generator competes with the server for them, which
 is why server CPU per message, not messages per second, is the figure to compare. A bare
