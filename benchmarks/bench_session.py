@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from fastsmtp import replies
-from fastsmtp._session import MessageReceived, SessionConfig, SessionCore
+from fastsmtp._session import MessageReceived, SessionConfig
+from fastsmtp._wire import session_core
 from fastsmtp.context import Session
 
 BODY = b"Subject: load\r\n\r\n" + (b"x" * 78 + b"\r\n") * 12 + b".\r\n"
@@ -31,7 +32,7 @@ EXPECTED = (
 @pytest.mark.benchmark(group="session core: 100 messages of 1 KiB")
 def test_session_messages(benchmark, wire):
     session = Session("bench", ("127.0.0.1", 40000), ("127.0.0.1", 25))
-    core = SessionCore(SessionConfig("server.example"), wire, session)
+    core = session_core(wire)(SessionConfig("server.example"), wire, session)
     core.feed(b"EHLO client.example\r\n")
     assert core.step() is None
     core.take_output()

@@ -75,15 +75,18 @@ wheel="$(only_file "$work/dist" "fastsmtp-$version-cp3*-linux_*.whl")"
 echo "built: $(basename "$sdist") and $(basename "$wheel")"
 # Listings go through variables: grep -q would end a pipe early, and pipefail would see that.
 wheel_files="$("$tools/python" -m zipfile -l "$wheel")"
-grep -qE '^fastsmtp/_wire_c\.[^ ]+\.so ' <<<"$wheel_files" \
-    || fail "the wheel has no compiled fastsmtp/_wire_c"
+for module in _wire_c _session_c; do
+    grep -qE "^fastsmtp/$module\.[^ ]+\.so " <<<"$wheel_files" \
+        || fail "the wheel has no compiled fastsmtp/$module"
+done
 
 mkdir "$work/sdist"
 tar -xzf "$sdist" -C "$work/sdist"
 tree="$work/sdist/fastsmtp-$version"
 listing="$(tar -tzf "$sdist" | sed "s|^fastsmtp-$version/||" | grep -v '/$')"
 for needed in PKG-INFO pyproject.toml CMakeLists.txt README.md LICENSE \
-        fastsmtp_ext/_wire_c.pyx src/fastsmtp/_version.py tests/conftest.py; do
+        fastsmtp_ext/_wire_c.pyx fastsmtp_ext/_session_c.pxd src/fastsmtp/_version.py \
+        tests/conftest.py; do
     grep -qxF "$needed" <<<"$listing" || fail "the sdist lacks $needed"
 done
 # Exactly the tracked files, less what pyproject.toml's sdist.exclude leaves out, plus PKG-INFO:
@@ -129,9 +132,8 @@ venv_py="$(new_venv venv-py)"
 CC=false CXX=false \
     logged install-sdist "$venv_py/pip" install --no-cache-dir "${sdist}[test,uvloop]"
 expect "twin at import" "$(in_venv "$venv_py" "$twin_code")" py
-expect "compiled module installed" \
-    "$(in_venv "$venv_py" 'import importlib.util as u; print(u.find_spec("fastsmtp._wire_c"))')" \
-    None
+expect "compiled modules installed" "$(in_venv "$venv_py" 'import importlib.util as u
+print(u.find_spec("fastsmtp._wire_c"), u.find_spec("fastsmtp._session_c"))')" "None None"
 expect "installed wheel tag" "$(in_venv "$venv_py" 'from importlib import metadata
 print(metadata.distribution("fastsmtp").read_text("WHEEL").split("Tag: ")[1].strip())')" \
     py3-none-any
@@ -146,7 +148,7 @@ FASTSMTP_NO_EXTENSIONS=1 \
     logged build-pure "$tools/python" -m build --wheel --outdir "$work/pure" "$tree"
 pure="$(only_file "$work/pure" "fastsmtp-$version-py3-none-any.whl")"
 pure_files="$("$tools/python" -m zipfile -l "$pure")"
-if grep -qE '_wire_c\.[^ ]+\.(so|pyd) ' <<<"$pure_files"; then
+if grep -qE '_(wire|session)_c\.[^ ]+\.(so|pyd) ' <<<"$pure_files"; then
     fail "the pure wheel holds a compiled module"
 fi
 venv_pure="$(new_venv venv-pure)"

@@ -27,6 +27,7 @@ from conftest import CLIENT_TIMEOUT, RawClient
 from fastsmtp import IncomingAuth, IncomingMail, SMTPServer, replies
 from fastsmtp._session import CLOSE, START_TLS, AuthAttempt, SessionConfig, SessionCore
 from fastsmtp._state import SessionState
+from fastsmtp._wire import session_core
 from fastsmtp.context import MessageContext, Session
 from fastsmtp.errors import DropConnection, RejectError
 from fastsmtp.passwords import PasswordFile, hash_password, verify_password
@@ -65,7 +66,7 @@ def plain(user: str = USER, password: str = PASSWORD, authzid: str = "") -> byte
 def new_core(wire: ModuleType, *, tls: bool = True, **options: Any) -> SessionCore:
     """Return a core for mx.test offering PLAIN and LOGIN; encrypted unless ``tls`` False."""
     options.setdefault("auth_mechanisms", ("PLAIN", "LOGIN"))
-    return SessionCore(
+    return session_core(wire)(
         SessionConfig(HOST, **options), wire, Session("a1", ("192.0.2.1", 4000), None), tls=tls
     )
 

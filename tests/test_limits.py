@@ -12,6 +12,7 @@ import pytest
 
 from fastsmtp import replies
 from fastsmtp._session import CLOSE, MessageReceived, SessionConfig, SessionCore
+from fastsmtp._wire import session_core
 from fastsmtp.context import Session
 from fastsmtp.events import IncomingMail
 
@@ -19,7 +20,7 @@ BODY_WITH_BARE_ENDINGS = b"Subject: x\r\n\r\nbare LF\nbare CR\rend\r\n"
 
 
 def new_core(wire: ModuleType, **options: Any) -> SessionCore:
-    return SessionCore(SessionConfig("mx.test", **options), wire, Session("t1", None, None))
+    return session_core(wire)(SessionConfig("mx.test", **options), wire, Session("t1", None, None))
 
 
 def run(core: SessionCore, data: bytes) -> tuple[bytes, list[object]]:

@@ -25,6 +25,7 @@ from fastsmtp._session import (
     SessionCore,
 )
 from fastsmtp._state import SessionState
+from fastsmtp._wire import session_core
 from fastsmtp.context import Session
 from fastsmtp.replies import Reply
 
@@ -56,7 +57,7 @@ class Talk:
 
     def __init__(self, wire: ModuleType, decide: Decide = accept_all, **options: object) -> None:
         config = SessionConfig(HOST, **options)  # type: ignore[arg-type]
-        self.core = SessionCore(config, wire, Session("t1", PEER, LOCAL))
+        self.core = session_core(wire)(config, wire, Session("t1", PEER, LOCAL))
         self.decide = decide
         self.output = bytearray(self.core.greeting())
         self.events: list[object] = []
@@ -733,7 +734,7 @@ def test_null_sender_is_the_empty_string(wire: ModuleType) -> None:
 
 def test_pipelined_commands_wait_for_the_decision(wire: ModuleType) -> None:
     config = SessionConfig(HOST, decide_mail_from=True)
-    core = SessionCore(config, wire, Session("t2", PEER, LOCAL))
+    core = session_core(wire)(config, wire, Session("t2", PEER, LOCAL))
     core.feed(HELO + MAIL + RCPT + b"NOOP\r\n")
     event = core.step()
     assert isinstance(event, MailFrom)
@@ -843,7 +844,7 @@ def test_reject_with_close(wire: ModuleType) -> None:
 
 
 def test_accept_and_reject_need_a_pending_decision(wire: ModuleType) -> None:
-    core = SessionCore(SessionConfig(HOST), wire, Session("t3", PEER, LOCAL))
+    core = session_core(wire)(SessionConfig(HOST), wire, Session("t3", PEER, LOCAL))
     with pytest.raises(RuntimeError):
         core.accept()
     with pytest.raises(RuntimeError):
@@ -889,7 +890,7 @@ def test_close_reasons(wire: ModuleType) -> None:
 
 
 def test_refusals_are_reported_without_arguments(wire: ModuleType) -> None:
-    core = SessionCore(SessionConfig(HOST), wire, Session("t4", PEER, LOCAL))
+    core = session_core(wire)(SessionConfig(HOST), wire, Session("t4", PEER, LOCAL))
     seen: list[tuple[bytes, Reply]] = []
     core.on_refuse = lambda verb, reply: seen.append((verb, reply))
     core.feed(b"MAIL FROM:<secret@example.org>\r\nFROB secret\r\nEXPN secret\r\n")

@@ -35,6 +35,7 @@ from hypothesis.stateful import (
 from fastsmtp import _wire, replies
 from fastsmtp._session import CLOSE, MailFrom, MessageReceived, RcptTo, SessionConfig, SessionCore
 from fastsmtp._state import CLOSED, DATA, GREETED, MAIL, RCPT, READY
+from fastsmtp._wire import session_core
 from fastsmtp.context import Session
 from fastsmtp.replies import Reply
 
@@ -482,7 +483,7 @@ class Driven:
     """One ``SessionCore`` and everything it produced, fed the way the transport feeds it."""
 
     def __init__(self, wire: ModuleType, config: SessionConfig) -> None:
-        self.core = SessionCore(config, wire, Session("s1", ("192.0.2.1", 4000), None))
+        self.core = session_core(wire)(config, wire, Session("s1", ("192.0.2.1", 4000), None))
         self.closed = False
 
     def run(

@@ -29,6 +29,7 @@ from conftest import CLIENT_TIMEOUT, RawClient, TLSFiles
 from fastsmtp import Endpoint, IncomingFrom, IncomingMail, SMTPServer, replies, smtp_server
 from fastsmtp._session import CLOSE, START_TLS, MailFrom, SessionConfig, SessionCore
 from fastsmtp._state import SessionState
+from fastsmtp._wire import session_core
 from fastsmtp.context import Session
 from fastsmtp.tls import server_tls_context
 
@@ -62,7 +63,7 @@ needs_swaks = pytest.mark.skipif(
 def new_core(wire: ModuleType, *, tls: bool = False, starttls: bool = True, **options: Any) -> Any:
     """Return a session core for mx.test that may (``starttls``) or does (``tls``) use TLS."""
     config = SessionConfig(HOST, **options)
-    return SessionCore(
+    return session_core(wire)(
         config, wire, Session("t1", ("192.0.2.1", 4000), None), tls=tls, starttls=starttls
     )
 

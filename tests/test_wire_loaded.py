@@ -11,6 +11,7 @@ import inspect
 import os
 import subprocess
 import sys
+from types import ModuleType
 
 import pytest
 
@@ -95,3 +96,46 @@ def test_twins_promise_the_same_interface(wire):
         member = getattr(py.WireReader, name)
         if callable(member):
             assert shape(getattr(wire.WireReader, name)) == shape(member), name
+
+
+@pytest.mark.skipif(_wire.NO_EXTENSIONS, reason="FASTSMTP_NO_EXTENSIONS is set: pure run")
+@pytest.mark.skipif(not CPYTHON, reason="the compiled twin is built for CPython only")
+def test_compiled_session_core_is_typed():
+    # Without its .pxd, Cython would compile _session.py into an ordinary class with a
+    # __dict__: slower than the interpreter. Typed, its state lives in C fields.
+    core = _wire.session_core(_wire.load("c"))
+    assert core.__module__ == "fastsmtp._session_c"
+    assert not hasattr(_new_core(core, _wire.load("c")), "__dict__")
+
+
+def test_session_core_pairs_with_its_twin(wire):
+    from fastsmtp import _session
+
+    core = _wire.session_core(wire)
+    if wire.__name__ == "fastsmtp._wire_py":
+        assert core is _session.SessionCore
+    else:
+        assert core.__module__ == "fastsmtp._session_c"
+
+
+def test_session_cores_promise_the_same_interface(wire):
+    from fastsmtp import _session
+
+    paired = _new_core(_wire.session_core(wire), wire)
+    pure = _new_core(_session.SessionCore, _wire.load("py"))
+    assert _public(paired) == _public(pure)
+
+    def shape(func):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
+
+    for name in _public(_session.SessionCore):
+        member = getattr(_session.SessionCore, name)
+        if callable(member):
+            assert shape(getattr(type(paired), name)) == shape(member), name
+
+
+def _new_core(core: type, wire: ModuleType) -> object:
+    from fastsmtp._session_config import SessionConfig
+    from fastsmtp.context import Session
+
+    return core(SessionConfig("mx.test"), wire, Session("w1", None, None))

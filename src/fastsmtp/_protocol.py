@@ -18,15 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from . import replies
-from ._session import (
-    AuthAttempt,
-    MailFrom,
-    MessageReceived,
-    RcptTo,
-    SessionCore,
-    _Close,
-    _StartTLS,
-)
+from ._session_events import AuthAttempt, MailFrom, MessageReceived, RcptTo, _Close, _StartTLS
 from ._state import CLOSED, DATA
 from .auth import IncomingAuth
 from .context import MessageContext, Session
@@ -35,6 +27,7 @@ from .events import IncomingFrom, IncomingMail, IncomingRecipient
 from .log import listener_log, session_log
 
 if TYPE_CHECKING:
+    from ._session import SessionCore
     from .endpoints import Endpoint
     from .server import SMTPServer
 
@@ -128,7 +121,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return
 
         assert server._config is not None
-        core = SessionCore(
+        core = server._session_core(
             server._config,
             server._wire,
             session,

@@ -17,10 +17,19 @@ import base64
 import binascii
 from collections.abc import Callable
 from types import ModuleType
-from typing import Final
 
 from . import replies
 from ._commands import MailArguments, parse_mail, parse_rcpt
+from ._session_config import SessionConfig
+from ._session_events import (
+    CLOSE,
+    START_TLS,
+    AuthAttempt,
+    Event,
+    MailFrom,
+    MessageReceived,
+    RcptTo,
+)
 from ._state import CLOSED, DATA, GREETED, MAIL, RCPT, READY
 from .context import Session
 from .errors import CommandError
@@ -35,175 +44,13 @@ __all__ = [
     "RcptTo",
     "SessionConfig",
     "SessionCore",
+    "normalize_line_endings",
 ]
-
-
-class SessionConfig:
-    """Everything a session needs from the server, computed once per server start."""
-
-    __slots__ = (
-        "allow_plaintext_auth",
-        "auth_mechanisms",
-        "bare_line_endings",
-        "decide_mail_from",
-        "decide_rcpt_to",
-        "ehlo_replies",
-        "ehlo_reply",
-        "greeting",
-        "helo_reply",
-        "hostname",
-        "max_auth_failures",
-        "max_errors",
-        "max_junk_commands",
-        "max_line_length",
-        "max_message_size",
-        "max_recipients",
-        "preferred_max_message_size",
-        "require_auth",
-        "require_tls",
-    )
-
-    def __init__(
-        self,
-        hostname: str,
-        max_recipients: int = 1000,
-        max_message_size: int = 32 * 1024 * 1024,
-        preferred_max_message_size: int | None = None,
-        max_line_length: int = 4096,
-        decide_mail_from: bool = False,
-        decide_rcpt_to: bool = False,
-        max_errors: int = 20,
-        bare_line_endings: str = "keep",
-        require_tls: bool = False,
-        auth_mechanisms: tuple[str, ...] = (),
-        allow_plaintext_auth: bool = False,
-        require_auth: bool = False,
-        max_auth_failures: int = 3,
-        max_junk_commands: int = 100,
-    ) -> None:
-        self.hostname = hostname
-        self.max_recipients = max_recipients
-        self.max_message_size = max_message_size
-        self.preferred_max_message_size = preferred_max_message_size
-        self.max_line_length = max_line_length
-        self.decide_mail_from = decide_mail_from
-        self.decide_rcpt_to = decide_rcpt_to
-        self.max_errors = max_errors
-        self.max_junk_commands = max_junk_commands
-        if bare_line_endings not in BARE_LINE_ENDINGS:
-            raise ValueError(f"bare_line_endings must be one of {BARE_LINE_ENDINGS}")
-        self.bare_line_endings = bare_line_endings
-        self.require_tls = require_tls
-        self.auth_mechanisms = auth_mechanisms
-        self.allow_plaintext_auth = allow_plaintext_auth
-        self.require_auth = require_auth
-        self.max_auth_failures = max_auth_failures
-
-        self.greeting = Reply(220, None, f"{hostname} ESMTP fastsmtp").wire
-        self.helo_reply = Reply(250, None, hostname).wire
-        # RFC 1870: SIZE announces the limit a client should respect: the preferred size, or
-        # else the enforced one, so that a client never sends what is bound to be refused.
-        keywords = [hostname, "8BITMIME", f"SIZE {self.declared_size_limit}"]
-        keywords += ["PIPELINING", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
-        self.ehlo_reply = Reply(250, None, *keywords).wire
-        # Keyed by (STARTTLS offered, AUTH offered): RFC 3207 §4.2 drops STARTTLS once TLS
-        # is up, and RFC 4954 §4 lets a server show AUTH only where it may be used.
-        auth = "AUTH " + " ".join(auth_mechanisms)
-        self.ehlo_replies = {
-            (starttls, offer_auth): Reply(
-                250,
-                None,
-                *keywords,
-                *(["STARTTLS"] if starttls else []),
-                *([auth] if offer_auth and auth_mechanisms else []),
-            ).wire
-            for starttls in (False, True)
-            for offer_auth in (False, True)
-        }
-
-    @property
-    def declared_size_limit(self) -> int:
-        """The largest SIZE= a client may declare at MAIL FROM."""
-        if self.preferred_max_message_size:
-            return min(self.preferred_max_message_size, self.max_message_size)
-        return self.max_message_size
-
-
-# What to do with a message whose content holds a CR or LF outside a CRLF pair.
-BARE_LINE_ENDINGS = ("keep", "reject", "normalize")
 
 
 def normalize_line_endings(data: bytes) -> bytes:
     """Return ``data`` with every bare CR and bare LF turned into CRLF."""
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-
-
-class MailFrom:
-    """Decision event: MAIL FROM was well formed; accept or reject the reverse-path."""
-
-    __slots__ = ("address", "arguments")
-
-    def __init__(self, arguments: MailArguments) -> None:
-        self.address = arguments.address
-        self.arguments = arguments
-
-
-class RcptTo:
-    """Decision event: RCPT TO was well formed; accept or reject the recipient."""
-
-    __slots__ = ("address",)
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-
-
-class MessageReceived:
-    """Decision event: the message content arrived in full; accept or reject it."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-class AuthAttempt:
-    """Decision event: AUTH brought credentials; accept or reject them.
-
-    ``password`` is for the decision alone: ``repr()`` leaves it out, and nothing logs it.
-    """
-
-    __slots__ = ("authorization_id", "mechanism", "password", "username")
-
-    def __init__(
-        self, mechanism: str, username: str, password: str, authorization_id: str | None
-    ) -> None:
-        self.mechanism = mechanism
-        self.username = username
-        self.password = password
-        self.authorization_id = authorization_id
-
-    def __repr__(self) -> str:
-        return f"<AuthAttempt {self.mechanism}>"
-
-
-class _Close:
-    """Returned by ``step()`` once the connection must close after the pending output."""
-
-    def __repr__(self) -> str:
-        return "CLOSE"
-
-
-class _StartTLS:
-    """Returned by ``step()`` after STARTTLS: write the output, then do the TLS handshake."""
-
-    def __repr__(self) -> str:
-        return "START_TLS"
-
-
-CLOSE: Final = _Close()
-START_TLS: Final = _StartTLS()
-
-Event = MailFrom | RcptTo | MessageReceived | AuthAttempt | _Close | _StartTLS
 
 
 class _AuthExchange:

@@ -1,10 +1,14 @@
-"""Choose the twin of the byte-level hot path, once, at import time.
+"""Choose the twin of the byte-level hot path, once, at import time; and the session core.
 
 The compiled twin ``fastsmtp._wire_c`` is used on CPython when it imports; the pure-Python
 twin ``fastsmtp._wire_py`` otherwise, or when ``FASTSMTP_NO_EXTENSIONS`` is set to a true
 value. True is what the build (scikit-build-core) also takes for true: any value but empty,
 "0", "false", "f", "no", "n" or "off", in any case. Type checkers always read the Python twin.
 ``IMPLEMENTATION`` tells which one was chosen: ``"c"`` or ``"py"``.
+
+The session core has twins too, with one source: ``fastsmtp._session_c`` is
+``fastsmtp._session`` compiled (see ``fastsmtp_ext/_session_c.pxd``). ``session_core()``
+pairs each wire twin with its own.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = [
     "classify_command",
     "load",
     "plain_path",
+    "session_core",
     "split_command",
 ]
 
@@ -38,6 +43,7 @@ NO_EXTENSIONS: bool = (
 )
 
 if TYPE_CHECKING:
+    from ._session import SessionCore
     from ._wire_py import (
         CTRL,
         DEFAULT_MAX_LINE_LENGTH,
@@ -108,3 +114,15 @@ def load(name: str) -> ModuleType:
     if name == "c":
         return importlib.import_module("fastsmtp._wire_c")
     raise ValueError(f"wire implementation must be 'c' or 'py', got {name!r}")
+
+
+def session_core(wire: ModuleType) -> type[SessionCore]:
+    """Return the session core that goes with the twin ``wire``: compiled, or pure Python.
+
+    Raises:
+        ImportError: ``wire`` is the compiled twin and the compiled core is not installed.
+    """
+    # Imported here: the session imports this module (through _commands).
+    name = "fastsmtp._session_c" if wire.__name__ == "fastsmtp._wire_c" else "fastsmtp._session"
+    core: type[SessionCore] = importlib.import_module(name).SessionCore
+    return core

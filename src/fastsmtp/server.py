@@ -22,14 +22,9 @@ from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 from . import _wire
 from ._accept_errors import AcceptErrorReporter
 from ._protocol import Listener, SMTPProtocol, is_coroutine_listener
-from ._session import (
-    BARE_LINE_ENDINGS,
-    AuthAttempt,
-    MailFrom,
-    MessageReceived,
-    RcptTo,
-    SessionConfig,
-)
+from ._session import SessionCore
+from ._session_config import BARE_LINE_ENDINGS, SessionConfig
+from ._session_events import AuthAttempt, MailFrom, MessageReceived, RcptTo
 from .auth import MECHANISMS
 from .endpoints import Endpoint
 from .log import server_log
@@ -325,6 +320,7 @@ class SMTPServer:
 
         # Filled in when serving starts.
         self._config: SessionConfig | None = None
+        self._session_core: type[SessionCore] = SessionCore  # the one paired with _wire
         # Options read per connection or per message, copied here: an option is a descriptor,
         # a Python call per read. They cannot change while the server runs.
         self._timeout_seconds = 60.0
@@ -603,6 +599,7 @@ class SMTPServer:
 
     async def _open_frozen(self) -> None:
         self._config = self._session_config()
+        self._session_core = _wire.session_core(self._wire)
         endpoints = self.endpoints
         self._check_security(endpoints)
         self._timeout_seconds = self.connection_timeout
