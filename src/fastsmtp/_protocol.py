@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import sys
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .endpoints import Endpoint
     from .server import SMTPServer
 
-__all__ = ["Listener", "SMTPProtocol"]
+__all__ = ["Listener", "SMTPProtocol", "task_starter"]
 
 # How long a closing connection may take to flush its last replies before it is aborted.
 _FLUSH_SECONDS = 10.0
@@ -59,14 +60,21 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     them once into its own buffer. That saves the loop's per-read allocation.
     """
 
-    def __init__(self, server: SMTPServer, endpoint: Endpoint | None = None) -> None:
+    def __init__(
+        self,
+        server: SMTPServer,
+        loop: asyncio.AbstractEventLoop,
+        endpoint: Endpoint | None = None,
+        starttls: bool = False,
+    ) -> None:
         self._server = server
         self._endpoint = endpoint
+        self._starttls = starttls  # whether this connection may offer STARTTLS
         # While the STARTTLS handshake runs: decrypted bytes that arrive before the handshake
         # task resumes. None otherwise, when everything received goes to the session.
         self._tls_early: bytearray | None = None
         self._finished = False
-        self._loop = server._loop_now()
+        self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._core: SessionCore | None = None
         self._context: MessageContext | None = None
@@ -94,9 +102,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     # asyncio callbacks
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only alike.
-        transport = cast(asyncio.Transport, transport)
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # A stream transport, always: uvloop's are not asyncio.Transport subclasses, only alike.
         self._transport = transport
         server = self._server
         session = Session(
@@ -126,7 +133,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             server._wire,
             session,
             tls=implicit_tls,
-            starttls=server._offers_starttls(self._endpoint),
+            starttls=self._starttls,
         )
         self._core = core
         self._context = MessageContext(session, server)
@@ -259,7 +266,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 if isinstance(event, _StartTLS):
                     self._start_tls()
                     return
-                listeners = self._server._listeners_for(event)
+                listeners = self._server._listeners[type(event)]
                 if not listeners:
                     # Unchecked credentials are refused; AUTH is not offered without a listener.
                     if isinstance(event, AuthAttempt):
@@ -270,7 +277,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 # Input arriving while the listeners decide is only buffered (buffer_updated).
                 self._starting = True
                 try:
-                    task = _start_task(self._decide(event, listeners), self._loop)
+                    task = self._server._start_task(self._decide(event, listeners))
                 finally:
                     self._starting = False
                 if task.done():
@@ -595,16 +602,15 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         )
 
 
-if sys.version_info >= (3, 12):
+TaskStarter = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
-    def _start_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> Any:
+
+def task_starter(loop: asyncio.AbstractEventLoop) -> TaskStarter:
+    """Return how listener tasks start on ``loop``: eagerly where Python can (3.12+)."""
+    if sys.version_info >= (3, 12):
         # Eager: listeners that never wait (most do not) cost no trip through the loop.
-        return asyncio.Task(coro, loop=loop, eager_start=True)
-
-else:
-
-    def _start_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> Any:
-        return loop.create_task(coro)
+        return functools.partial(asyncio.Task, loop=loop, eager_start=True)
+    return loop.create_task
 
 
 def _name_of(listener: Callable[..., Any]) -> str:

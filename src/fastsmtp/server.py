@@ -21,7 +21,7 @@ from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
 from . import _wire
 from ._accept_errors import AcceptErrorReporter
-from ._protocol import Listener, SMTPProtocol, is_coroutine_listener
+from ._protocol import Listener, SMTPProtocol, TaskStarter, is_coroutine_listener, task_starter
 from ._session import SessionCore
 from ._session_config import BARE_LINE_ENDINGS, SessionConfig
 from ._session_events import AuthAttempt, MailFrom, MessageReceived, RcptTo
@@ -328,6 +328,8 @@ class SMTPServer:
         self._max_connections = 1000
         self._per_address_limit: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_task: TaskStarter  # starts listener tasks on _loop, set with it
+        self._listeners: dict[type, list[Listener]] = {}
         self._servers: list[asyncio.Server] = []
         self._accept_errors: AcceptErrorReporter | None = None
         self._connections: set[SMTPProtocol] = set()
@@ -600,6 +602,13 @@ class SMTPServer:
     async def _open_frozen(self) -> None:
         self._config = self._session_config()
         self._session_core = _wire.session_core(self._wire)
+        # By the type of the event a session asks about: one lookup per decision.
+        self._listeners = {
+            MailFrom: self._from_listeners,
+            RcptTo: self._recipient_listeners,
+            MessageReceived: self._mail_listeners,
+            AuthAttempt: self._auth_listeners,
+        }
         endpoints = self.endpoints
         self._check_security(endpoints)
         self._timeout_seconds = self.connection_timeout
@@ -607,6 +616,7 @@ class SMTPServer:
         self._max_connections = self.max_connections
         self._per_address_limit = self.max_connections_per_address
         self._loop = asyncio.get_running_loop()
+        self._start_task = task_starter(self._loop)
         self._closing = False
         self._all_closed = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -647,11 +657,13 @@ class SMTPServer:
         )
 
     async def _bind(self, endpoint: Endpoint, host: str | None, port: int) -> asyncio.Server:
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
+        starttls = self._offers_starttls(endpoint)  # the same for every connection
         # Implicit TLS too is accepted as plain TCP: the protocol runs the handshake itself,
         # after the connection limits, so an unfinished handshake holds a counted slot.
-        server = await self._loop.create_server(
-            lambda: SMTPProtocol(self, endpoint), host=host, port=port
+        server = await loop.create_server(
+            lambda: SMTPProtocol(self, loop, endpoint, starttls), host=host, port=port
         )
         ports = {sock.getsockname()[1] for sock in server.sockets}
         if port == 0 and len(ports) > 1:
@@ -811,17 +823,6 @@ class SMTPServer:
         return await self._loop.run_in_executor(
             self._executor, self._run_in_worker, listener, event
         )
-
-    def _listeners_for(
-        self, event: MailFrom | RcptTo | MessageReceived | AuthAttempt
-    ) -> list[Listener]:
-        if isinstance(event, MessageReceived):
-            return self._mail_listeners
-        if isinstance(event, AuthAttempt):
-            return self._auth_listeners
-        if isinstance(event, RcptTo):
-            return self._recipient_listeners
-        return self._from_listeners
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
