@@ -139,3 +139,27 @@ def _new_core(core: type, wire: ModuleType) -> object:
     from fastsmtp.context import Session
 
     return core(SessionConfig("mx.test"), wire, Session("w1", None, None))
+
+
+@pytest.mark.skipif(_wire.NO_EXTENSIONS, reason="FASTSMTP_NO_EXTENSIONS is set: pure run")
+@pytest.mark.skipif(not CPYTHON, reason="the compiled twin is built for CPython only")
+def test_compiled_session_core_matches_its_source():
+    # Built from _session.py at install time: an edit since then leaves it stale (the lines of
+    # its methods move), and the [c] tests would run the old dialogue.
+    from fastsmtp import _session
+
+    compiled = _wire.session_core(_wire.load("c"))
+    # Not the C-only steps (the .pxd's cdef methods), nor __init__ and __repr__ (C slots).
+    methods = [
+        name
+        for name, member in vars(_session.SessionCore).items()
+        if callable(member) and hasattr(getattr(compiled, name, None), "__code__")
+    ]
+    assert len(methods) > 15
+    stale = [
+        name
+        for name in methods
+        if getattr(compiled, name).__code__.co_firstlineno
+        != getattr(_session.SessionCore, name).__code__.co_firstlineno
+    ]
+    assert not stale, f"fastsmtp._session_c predates _session.py ({stale}): pip install . again"
