@@ -9,6 +9,10 @@ the replies to pipelined commands (RFC 2920) in order.
 ``START_TLS`` from ``step()`` asks the transport to write the output, run the TLS handshake
 and call ``tls_established()`` (or ``close()`` if it fails). From STARTTLS until then nothing
 received is kept: plaintext pipelined after STARTTLS must never run inside the TLS session.
+
+This file is both twins of the core: the pure one runs it as it is, and the build compiles it
+into ``fastsmtp._session_c`` with ``fastsmtp_ext/_session_c.pxd``, which makes ``SessionCore``
+an extension type. So an attribute added to ``SessionCore`` goes into the .pxd too.
 """
 
 from __future__ import annotations
