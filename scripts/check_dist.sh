@@ -79,6 +79,8 @@ for module in _wire_c _session_c; do
     grep -qE "^fastsmtp/$module\.[^ ]+\.so " <<<"$wheel_files" \
         || fail "the wheel has no compiled fastsmtp/$module"
 done
+grep -qE "^fastsmtp/_session_c_source\.py " <<<"$wheel_files" \
+    || fail "the wheel does not record which _session.py fastsmtp/_session_c came from"
 
 mkdir "$work/sdist"
 tar -xzf "$sdist" -C "$work/sdist"
