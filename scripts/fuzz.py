@@ -9,7 +9,8 @@ Two targets, chosen with ``--target``; every other argument goes to libFuzzer as
   ones (``LineTooLong`` from ``next_line()``; ``RuntimeError`` for a call in the wrong mode,
   made on purpose at the end), buffers stay bounded, and the lines and messages must not
   change when the same bytes arrive in one piece.
-- ``session``: random bytes go into ``SessionCore`` (src/fastsmtp/_session.py) of both twins,
+- ``session``: random bytes go into the session core of both twins (``SessionCore`` of
+  src/fastsmtp/_session.py with the pure wire twin, its compiled build with the compiled one),
   in random chunks, under a configuration drawn from the input (limits, decisions, TLS, AUTH,
   the bare line endings policy); decision events are accepted or rejected, STARTTLS is
   completed or failed. ``step()`` must never raise, every output line must be a well-formed
@@ -26,6 +27,9 @@ instead of a corpus runs it once, to reproduce.
     python scripts/fuzz.py --target wire -max_total_time=180
     python scripts/fuzz.py --target session -atheris_runs=200000 /tmp/session-corpus
     python scripts/fuzz.py --target wire crash-1234abcd      # reproduce one input
+
+Fuzz a regular install (``pip install .``): under an editable one, atheris gets no coverage
+through its import hook, and libFuzzer keeps a corpus of one empty input (``corp: 1/1b``).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import TypeVar
 import atheris
 
 with atheris.instrument_imports(include=["fastsmtp"]):
-    from fastsmtp import _session, _wire, replies
+    from fastsmtp import _session, _session_config, _wire, replies
     from fastsmtp.context import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +140,7 @@ def session_config(header: Header) -> tuple[_session.SessionConfig, bool, bool]:
         decide_mail_from=bool(flags & 1),
         decide_rcpt_to=bool(flags & 2),
         max_errors=header.pick((1, 3, 20)),
-        bare_line_endings=header.pick(_session.BARE_LINE_ENDINGS),
+        bare_line_endings=header.pick(_session_config.BARE_LINE_ENDINGS),
         require_tls=bool(flags & 4),
         auth_mechanisms=auth,
         allow_plaintext_auth=bool(flags & 8),
@@ -166,7 +170,7 @@ def drive_session(
 ) -> tuple[bytes, list[str], str]:
     """Feed ``chunks`` to a ``SessionCore`` on ``wire``, answering its events by ``seed``."""
     rng = random.Random(seed)
-    core = _session.SessionCore(
+    core = _wire.session_core(wire)(
         config, wire, Session("f1", ("192.0.2.1", 4000), None), tls=tls, starttls=starttls
     )
     output = bytearray(core.greeting())
