@@ -317,7 +317,8 @@ def test_a_closed_tls_connection_leaves_no_flush_timer(
         finally:
             client.close()
     wait_for_no_connections(server)
-    loop = server._loop_now()
+    loop = server._loop
+    assert loop is not None
     assert asyncio.run_coroutine_threadsafe(live_aborts(), loop).result(CLIENT_TIMEOUT) == 0
 
 

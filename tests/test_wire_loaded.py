@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -71,6 +72,55 @@ def test_flag_values(value, pure):
     compiled_available = CPYTHON and importlib.util.find_spec("fastsmtp._wire_c") is not None
     expected = "py" if pure or not compiled_available else "c"
     assert _chosen_with(value) == expected
+
+
+# Run before fastsmtp is imported: a finder that reports fastsmtp._session_c as missing, as
+# in an install that has lost the file. Then a message goes through the server.
+_WITHOUT_COMPILED_CORE = r"""
+import importlib.abc, json, smtplib, sys
+
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "fastsmtp._session_c":
+            raise ModuleNotFoundError(name, name=name)
+        return None
+
+sys.meta_path.insert(0, Missing())
+import fastsmtp
+from fastsmtp import _session, _wire
+
+got = []
+server = fastsmtp.smtp_server(port=0, host="127.0.0.1")
+
+@server.mail_listener
+async def keep(mail):
+    got.append(mail.data)
+
+server.start()
+try:
+    with smtplib.SMTP("127.0.0.1", server.bound_port, timeout=10) as client:
+        client.sendmail("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody\r\n")
+finally:
+    server.stop()
+core = _wire.session_core(_wire.load(_wire.IMPLEMENTATION))
+pure_core = core is _session.SessionCore
+print(json.dumps([fastsmtp.IMPLEMENTATION, pure_core, [m.decode() for m in got]]))
+"""
+
+
+@pytest.mark.skipif(not CPYTHON, reason="the compiled twin is built for CPython only")
+def test_compiled_wire_without_its_core_falls_back_to_pure():
+    env = {k: v for k, v in os.environ.items() if k != "FASTSMTP_NO_EXTENSIONS"}
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_COMPILED_CORE],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["py", True, ["Subject: x\r\n\r\nbody\r\n"]]
 
 
 def test_load_by_name():

@@ -8,12 +8,13 @@ value. True is what the build (scikit-build-core) also takes for true: any value
 
 The session core has twins too, with one source: ``fastsmtp._session_c`` is
 ``fastsmtp._session`` compiled (see ``fastsmtp_ext/_session_c.pxd``). ``session_core()``
-pairs each wire twin with its own.
+pairs each wire twin with its own. The compiled twins are chosen together or not at all.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from types import ModuleType
@@ -82,6 +83,10 @@ else:
             split_command,
         )
 
+        # Built together, so one without the other is a broken install; a compiled wire twin
+        # without its core could not serve at all. (Not imported: the core imports this module.)
+        if importlib.util.find_spec("fastsmtp._session_c") is None:
+            raise ImportError("fastsmtp._session_c is not installed")
         IMPLEMENTATION = "c"
     except ImportError:
         # Installed without a compiler: the pure twin gives the same results, only slower.

@@ -320,7 +320,8 @@ class SMTPServer:
 
         # Filled in when serving starts.
         self._config: SessionConfig | None = None
-        self._session_core: type[SessionCore] = SessionCore  # the one paired with _wire
+        # Tests may swap _wire for the other twin until start, which pairs the core with it.
+        self._session_core: type[SessionCore] = SessionCore
         # Options read per connection or per message, copied here: an option is a descriptor,
         # a Python call per read. They cannot change while the server runs.
         self._timeout_seconds = 60.0
@@ -763,10 +764,6 @@ class SMTPServer:
         assert self._stopped is not None
         self._stopped.set()
         server_log.info("stopped")
-
-    def _loop_now(self) -> asyncio.AbstractEventLoop:
-        assert self._loop is not None
-        return self._loop
 
     def _next_session_id(self) -> str:
         return f"{self._session_prefix}{next(self._session_ids):x}"
