@@ -133,22 +133,23 @@ def _public(obj: object) -> set[str]:
     return {name for name in dir(obj) if not name.startswith("_")}
 
 
+def _shape(func: object) -> list[tuple[str, object, object]]:
+    """Parameter names, kinds and defaults: what twins share (compiled code has no annotations)."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
+
+
 def test_twins_promise_the_same_interface(wire):
     py = _wire.load("py")
     assert sorted(wire.__all__) == sorted(py.__all__)
     assert all(hasattr(wire, name) for name in py.__all__)
     assert _public(wire.WireReader()) == _public(py.WireReader())
 
-    # Same parameter names, kinds and defaults (the compiled twin carries no annotations).
-    def shape(func):
-        return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
-
     for name in ("split_command", "classify_command"):
-        assert shape(getattr(wire, name)) == shape(getattr(py, name))
+        assert _shape(getattr(wire, name)) == _shape(getattr(py, name))
     for name in _public(py.WireReader):
         member = getattr(py.WireReader, name)
         if callable(member):
-            assert shape(getattr(wire.WireReader, name)) == shape(member), name
+            assert _shape(getattr(wire.WireReader, name)) == _shape(member), name
 
 
 @pytest.mark.skipif(_wire.NO_EXTENSIONS, reason="FASTSMTP_NO_EXTENSIONS is set: pure run")
@@ -178,13 +179,10 @@ def test_session_cores_promise_the_same_interface(wire):
     pure = _new_core(_session.SessionCore, _wire.load("py"))
     assert _public(paired) == _public(pure)
 
-    def shape(func):
-        return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
-
     for name in _public(_session.SessionCore):
         member = getattr(_session.SessionCore, name)
         if callable(member):
-            assert shape(getattr(type(paired), name)) == shape(member), name
+            assert _shape(getattr(type(paired), name)) == _shape(member), name
 
 
 def _new_core(core: type, wire: ModuleType) -> object:
